@@ -1,0 +1,59 @@
+"""Packaging for diffusers-irib (src layout)."""
+
+from setuptools import find_packages, setup
+
+extras = {
+    # Training: perceptual loss, dataset streaming, 8-bit Adam (Linux wheels only).
+    "train": [
+        "lpips>=0.1.4",
+        "datasets>=3.0",
+        "bitsandbytes>=0.43; platform_system == 'Linux'",
+    ],
+    # Evaluation metrics that need extra packages (PSNR/SSIM live in the package itself).
+    "metrics": ["lpips>=0.1.4", "scikit-image>=0.22"],
+    # xformers wheels pin one exact torch release: never a default dependency.
+    "xformers": ["xformers"],
+}
+extras["dev"] = sorted(
+    set(extras["train"]) - {"bitsandbytes>=0.43; platform_system == 'Linux'"}
+    | set(extras["metrics"])
+    | {"pytest>=8", "scipy>=1.10", "torchvision"}
+)
+
+setup(
+    name="diffusers-irib",
+    version="0.1.0.dev0",
+    description=(
+        "Extreme blind image restoration with a prompt-conditioned information bottleneck "
+        "(IRIB), built on diffusers."
+    ),
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    package_dir={"": "src"},
+    packages=find_packages("src"),
+    package_data={"diffusers_irib": ["assets/*.png"]},
+    python_requires=">=3.11",
+    install_requires=[
+        "torch>=2.4",
+        "numpy>=1.24",
+        "pillow>=10",
+        "safetensors>=0.4",
+        "diffusers>=0.42",
+        "transformers>=4.45",
+        "peft>=0.17",
+        "accelerate>=1.0",
+        "huggingface_hub>=0.34",
+        "tqdm",
+    ],
+    extras_require=extras,
+    entry_points={
+        "console_scripts": [
+            "irib-degrade=diffusers_irib.cli:degrade_main",
+        ]
+    },
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+    ],
+)

@@ -1,0 +1,134 @@
+"""The record of every random choice of one degradation, so it can be replayed as D(z; phi)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+
+def _convert(value: Any, fn) -> Any:
+    """Apply ``fn`` to every tensor inside a (nested) params dataclass, leaving the rest."""
+    if isinstance(value, torch.Tensor):
+        return fn(value)
+    if dataclasses.is_dataclass(value):
+        return type(value)(**{f.name: _convert(getattr(value, f.name), fn) for f in dataclasses.fields(value)})
+    return value
+
+
+def _to_plain(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().tolist()
+    if dataclasses.is_dataclass(value):
+        return {f.name: _to_plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    return value
+
+
+class _ParamsMixin:
+    def to(self, device=None, dtype=None):
+        """Move (and for floating tensors, cast) every tensor; choices and seeds stay Python values."""
+
+        def move(t: torch.Tensor) -> torch.Tensor:
+            return t.to(device=device, dtype=dtype if dtype is not None and t.is_floating_point() else None)
+
+        return _convert(self, move)
+
+    def select(self, indices: list[int]):
+        """The parameters of a subset of the batch, in the given order."""
+        index = torch.tensor(indices, dtype=torch.long)
+
+        def pick(value: Any) -> Any:
+            if isinstance(value, torch.Tensor):
+                return value[index.to(value.device)]
+            if isinstance(value, list):
+                return [value[i] for i in indices]
+            if dataclasses.is_dataclass(value):
+                return type(value)(**{f.name: pick(getattr(value, f.name)) for f in dataclasses.fields(value)})
+            return value
+
+        return pick(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain Python values (lists of numbers), for logging or JSON."""
+        return _to_plain(self)
+
+
+@dataclass
+class StageParams(_ParamsMixin):
+    """One blur -> resize -> noise (-> JPEG) stage, per sample."""
+
+    kernel: torch.Tensor  # (B, K, K), zero-padded to the largest size of the config
+    kernel_size: list[int]  # the taps actually used, for speed
+    kernel_family: list[str]
+    blur: list[bool]
+    resize_scale: list[float]
+    resize_mode: list[str]
+    use_gaussian_noise: list[bool]
+    gaussian_sigma: torch.Tensor  # (B,), on the 0..1 scale
+    poisson_scale: torch.Tensor  # (B,)
+    gray_noise: list[bool]
+    noise_seed: list[int]
+    jpeg_quality: torch.Tensor | None  # (B,); None for the second stage (its JPEG is in the final step)
+
+
+@dataclass
+class FinalParams(_ParamsMixin):
+    """The final step and the resize back to the input size, per sample."""
+
+    sinc: list[bool]
+    sinc_kernel: torch.Tensor  # (B, K, K); a delta where ``sinc`` is False
+    kernel_size: list[int]
+    resize_first: list[bool]  # [resize, sinc, JPEG] if True, else [JPEG, resize, sinc]
+    resize_mode: list[str]
+    jpeg_quality: torch.Tensor  # (B,)
+    resize_back_mode: list[str]
+
+
+@dataclass
+class DegradationParams(_ParamsMixin):
+    """Everything :class:`RealESRGANDegradation` draws for one application to a batch.
+
+    Applying the same params again reproduces the same operator, noise included (noise fields are
+    regenerated from per-sample seeds on the image's device), which is the degrade-back D(z; phi).
+    """
+
+    height: int
+    width: int
+    scale: int
+    first: StageParams
+    second: StageParams
+    final: FinalParams
+
+    @property
+    def batch_size(self) -> int:
+        return len(self.final.sinc)
+
+    def __len__(self) -> int:
+        return self.batch_size
+
+    @classmethod
+    def from_dict(cls, params: dict[str, Any]) -> "DegradationParams":
+        """Inverse of :meth:`to_dict` (tensors come back as float32 on the CPU)."""
+
+        def tensor(value):
+            return None if value is None else torch.tensor(value, dtype=torch.float32)
+
+        def stage(d: dict[str, Any]) -> StageParams:
+            d = dict(d)
+            for key in ("kernel", "gaussian_sigma", "poisson_scale", "jpeg_quality"):
+                d[key] = tensor(d[key])
+            return StageParams(**d)
+
+        final = dict(params["final"])
+        for key in ("sinc_kernel", "jpeg_quality"):
+            final[key] = tensor(final[key])
+        return cls(
+            height=int(params["height"]),
+            width=int(params["width"]),
+            scale=int(params["scale"]),
+            first=stage(params["first"]),
+            second=stage(params["second"]),
+            final=FinalParams(**final),
+        )

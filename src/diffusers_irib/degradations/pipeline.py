@@ -1,0 +1,307 @@
+"""Real-ESRGAN's second-order degradation for batches, replayable and differentiable.
+
+    first stage:   blur -> resize -> noise -> JPEG
+    second stage:  (blur) -> resize -> noise
+    final step:    [resize to H/scale -> sinc -> JPEG]  or  [JPEG -> resize to H/scale -> sinc]
+    finish:        (resize back to H) -> clamp and round to 8 bits
+
+Every random choice is drawn per sample by :meth:`RealESRGANDegradation.sample` into a
+:class:`DegradationParams`; :meth:`RealESRGANDegradation.__call__` applies a params record, so the
+same record degrades another image of the same size identically (the degrade-back D(z; phi)).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .config import DegradationConfig
+from .jpeg import differentiable_jpeg
+from .kernels import (
+    circular_lowpass_kernel,
+    delta_kernel,
+    pad_kernel,
+    random_mixed_kernels,
+    sample_odd_kernel_sizes,
+    sample_sinc_cutoffs,
+)
+from .ops import add_noise, filter2d, quantize_8bit, resize
+from .params import DegradationParams, FinalParams, StageParams
+
+
+def _cpu_generator(generator: torch.Generator | None) -> torch.Generator | None:
+    """Parameters are drawn on the CPU; a generator on another device seeds a CPU one."""
+    if generator is None or generator.device.type == "cpu":
+        return generator
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
+    return torch.Generator().manual_seed(seed)
+
+
+def _choose(probs: tuple[float, ...], n: int, generator) -> list[int]:
+    return torch.multinomial(torch.tensor(probs, dtype=torch.float64), n, replacement=True, generator=generator).tolist()
+
+
+def _uniform(n: int, low_high: tuple[float, float], generator) -> torch.Tensor:
+    low, high = low_high
+    return low + (high - low) * torch.rand(n, generator=generator, dtype=torch.float64)
+
+
+def _flags(n: int, prob: float, generator) -> list[bool]:
+    return (torch.rand(n, generator=generator) < prob).tolist()
+
+
+def _resized(size: int, factor: float) -> int:
+    return max(1, int(size * factor))
+
+
+class RealESRGANDegradation:
+    """Degrade batches of images with Real-ESRGAN's second-order pipeline.
+
+    Args:
+        config: the knobs; ``DegradationConfig.realesrgan()`` (LQ) or ``DegradationConfig.extreme()``
+            (ELQ).
+
+    Example::
+
+        degrade = RealESRGANDegradation(DegradationConfig.realesrgan())
+        params = degrade.sample(8, 512, 512, generator=torch.Generator().manual_seed(0))
+        lq = degrade(hq, params)           # (8, 3, 512, 512) in [0, 1]
+        lq_again = degrade(other, params)  # the same operator on another image
+    """
+
+    def __init__(self, config: DegradationConfig | None = None):
+        if config is None:
+            config = DegradationConfig.realesrgan()
+        if not isinstance(config, DegradationConfig):
+            raise TypeError(f"config must be a DegradationConfig, got {type(config).__name__}")
+        self.config = config
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(preset={self.config.preset_name!r} v{self.config.preset_version}, scale={self.config.scale})"
+
+    # ------------------------------------------------------------------ sampling
+    def _sample_stage(self, n: int, generator, second: bool) -> StageParams:
+        c, s = self.config, "2" if second else ""
+        size_range = getattr(c, f"kernel_size_range{s}")
+        sizes = sample_odd_kernel_sizes(n, size_range, generator)
+        kernel, families = random_mixed_kernels(
+            sizes,
+            getattr(c, f"kernel_list{s}"),
+            getattr(c, f"kernel_prob{s}"),
+            getattr(c, f"blur_sigma{s}"),
+            c.rotation_range,
+            getattr(c, f"betag_range{s}"),
+            getattr(c, f"betap_range{s}"),
+            getattr(c, f"sinc_prob{s}"),
+            pad_to=size_range[1],
+            generator=generator,
+        )
+        blur = _flags(n, c.second_blur_prob, generator) if second else [True] * n
+        direction = _choose(getattr(c, f"resize_prob{s}"), n, generator)  # 0 up, 1 down, 2 keep
+        lo, hi = getattr(c, f"resize_range{s}")
+        up = _uniform(n, (1.0, max(hi, 1.0)), generator)
+        down = _uniform(n, (min(lo, 1.0), 1.0), generator)
+        scale = [float(up[i]) if d == 0 else float(down[i]) if d == 1 else 1.0 for i, d in enumerate(direction)]
+        modes = [c.resize_modes[i] for i in torch.randint(0, len(c.resize_modes), (n,), generator=generator).tolist()]
+        use_gaussian = _flags(n, getattr(c, f"gaussian_noise_prob{s}"), generator)
+        sigma = _uniform(n, getattr(c, f"noise_range{s}"), generator) / 255.0
+        poisson = _uniform(n, getattr(c, f"poisson_scale_range{s}"), generator)
+        gray = _flags(n, getattr(c, f"gray_noise_prob{s}"), generator)
+        seeds = torch.randint(0, 2**62, (n,), generator=generator).tolist()
+        quality = None if second else _uniform(n, c.jpeg_range, generator)
+        return StageParams(
+            kernel=kernel.float(),
+            kernel_size=sizes,
+            kernel_family=families,
+            blur=blur,
+            resize_scale=[float(x) for x in scale],
+            resize_mode=modes,
+            use_gaussian_noise=use_gaussian,
+            gaussian_sigma=sigma.float(),
+            poisson_scale=poisson.float(),
+            gray_noise=gray,
+            noise_seed=seeds,
+            jpeg_quality=None if quality is None else quality.float(),
+        )
+
+    def _sample_final(self, n: int, generator) -> FinalParams:
+        c = self.config
+        sizes = sample_odd_kernel_sizes(n, c.final_kernel_size_range, generator)
+        cutoff = sample_sinc_cutoffs(sizes, generator, final=True)
+        sinc = _flags(n, c.final_sinc_prob, generator)
+        pad_to = c.final_kernel_size_range[1]
+        kernels = [
+            pad_kernel(circular_lowpass_kernel(k, cutoff[i : i + 1]), pad_to) if sinc[i] else delta_kernel(1, pad_to, dtype=torch.float64)
+            for i, k in enumerate(sizes)
+        ]
+        mode_index = torch.randint(0, len(c.resize_modes), (2, n), generator=generator).tolist()
+        return FinalParams(
+            sinc=sinc,
+            sinc_kernel=torch.cat(kernels).float(),
+            kernel_size=[k if sinc[i] else 1 for i, k in enumerate(sizes)],
+            resize_first=_flags(n, c.final_resize_first_prob, generator),
+            resize_mode=[c.resize_modes[i] for i in mode_index[0]],
+            jpeg_quality=_uniform(n, c.jpeg_range2, generator).float(),
+            resize_back_mode=[c.resize_modes[i] for i in mode_index[1]],
+        )
+
+    def sample(
+        self,
+        batch_size: int,
+        height: int,
+        width: int,
+        generator: torch.Generator | None = None,
+        device: torch.device | str | None = None,
+    ) -> DegradationParams:
+        """Draw every random choice of one application to a batch of ``height`` x ``width`` images."""
+        for name, value in (("batch_size", batch_size), ("height", height), ("width", width)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        generator = _cpu_generator(generator)
+        params = DegradationParams(
+            height=height,
+            width=width,
+            scale=self.config.scale,
+            first=self._sample_stage(batch_size, generator, second=False),
+            second=self._sample_stage(batch_size, generator, second=True),
+            final=self._sample_final(batch_size, generator),
+        )
+        return params.to(device) if device is not None else params
+
+    # ------------------------------------------------------------------ stages
+    @staticmethod
+    def _blur(image: torch.Tensor, kernel: torch.Tensor, size: int) -> torch.Tensor:
+        """Filter with the kernel cropped to its own taps (the rest is zero padding)."""
+        if size <= 1:
+            return image
+        cut = (kernel.shape[-1] - size) // 2
+        return filter2d(image, kernel[None, cut : kernel.shape[-1] - cut, cut : kernel.shape[-1] - cut])
+
+    def first_stage(self, image: torch.Tensor, p: StageParams, i: int) -> torch.Tensor:
+        """Blur, resize relative to the input size, noise, JPEG, for sample ``i``."""
+        image = self._blur(image, p.kernel[i], p.kernel_size[i])
+        h, w = image.shape[-2:]
+        image = resize(image, (_resized(h, p.resize_scale[i]), _resized(w, p.resize_scale[i])), p.resize_mode[i])
+        image = self._noise(image, p, i)
+        return differentiable_jpeg(image, p.jpeg_quality[i : i + 1])
+
+    def second_stage(self, image: torch.Tensor, p: StageParams, i: int, height: int, width: int) -> torch.Tensor:
+        """Optional blur, resize relative to (H / scale), noise, for sample ``i``."""
+        if p.blur[i]:
+            image = self._blur(image, p.kernel[i], p.kernel_size[i])
+        s = self.config.scale
+        size = (_resized(height, p.resize_scale[i] / s), _resized(width, p.resize_scale[i] / s))
+        image = resize(image, size, p.resize_mode[i])
+        return self._noise(image, p, i)
+
+    def final_stage(self, image: torch.Tensor, p: FinalParams, i: int, height: int, width: int) -> torch.Tensor:
+        """The final resize to (H // scale), sinc filter and JPEG, in the sample's order."""
+        s = self.config.scale
+        size = (max(1, height // s), max(1, width // s))
+        quality = p.jpeg_quality[i : i + 1]
+        if p.resize_first[i]:
+            image = resize(image, size, p.resize_mode[i])
+            image = self._blur(image, p.sinc_kernel[i], p.kernel_size[i])
+            return differentiable_jpeg(image, quality)
+        image = differentiable_jpeg(image, quality)
+        image = resize(image, size, p.resize_mode[i])
+        return self._blur(image, p.sinc_kernel[i], p.kernel_size[i])
+
+    @staticmethod
+    def _noise(image: torch.Tensor, p: StageParams, i: int) -> torch.Tensor:
+        return add_noise(
+            image,
+            p.use_gaussian_noise[i : i + 1],
+            p.gaussian_sigma[i : i + 1],
+            p.poisson_scale[i : i + 1],
+            p.gray_noise[i : i + 1],
+            p.noise_seed[i : i + 1],
+        )
+
+    # ------------------------------------------------------------------ application
+    def _check_images(self, images: torch.Tensor) -> None:
+        if not isinstance(images, torch.Tensor):
+            raise TypeError(f"images must be a torch.Tensor, got {type(images).__name__}")
+        if images.dim() != 4 or images.shape[1] != 3:
+            raise ValueError(f"images must have shape (B, 3, H, W), got {tuple(images.shape)}")
+        if not images.is_floating_point():
+            raise ValueError(f"images must be floating point in [0, 1], got dtype {images.dtype}")
+        if images.numel() == 0:
+            raise ValueError(f"images must not be empty, got shape {tuple(images.shape)}")
+        low, high = torch.aminmax(images.detach())
+        if not torch.isfinite(low) or not torch.isfinite(high) or low < 0 or high > 1:
+            raise ValueError(f"images must lie in [0, 1] with no NaN, got values in [{float(low)}, {float(high)}]")
+
+    def _check_params(self, params: DegradationParams, images: torch.Tensor) -> None:
+        if not isinstance(params, DegradationParams):
+            raise TypeError(f"params must be DegradationParams, got {type(params).__name__}")
+        b, _, h, w = images.shape
+        if params.batch_size != b or (params.height, params.width) != (h, w):
+            raise ValueError(
+                f"params were drawn for {params.batch_size} images of {params.height}x{params.width}, "
+                f"but images has {b} of {h}x{w}"
+            )
+        if params.scale != self.config.scale:
+            raise ValueError(f"params were drawn with scale {params.scale}, this config has {self.config.scale}")
+
+    def __call__(
+        self,
+        images: torch.Tensor,
+        params: DegradationParams | None = None,
+        generator: torch.Generator | None = None,
+        resize_back: bool = True,
+    ) -> torch.Tensor:
+        """Degrade ``images`` (B, 3, H, W) in [0, 1].
+
+        Draws new params from ``generator`` unless ``params`` is given. Returns (B, 3, H, W) images
+        (resized back to the input size, as OSEDiff trains) or (B, 3, H // scale, W // scale) with
+        ``resize_back=False``, quantised to 8 bits. Differentiable w.r.t. ``images``.
+        """
+        self._check_images(images)
+        b, _, h, w = images.shape
+        if params is None:
+            params = self.sample(b, h, w, generator=generator)
+        self._check_params(params, images)
+        params = params.to(images.device)
+        outputs = []
+        for i in range(b):
+            x = images[i : i + 1]
+            x = self.first_stage(x, params.first, i)
+            x = self.second_stage(x, params.second, i, h, w)
+            x = self.final_stage(x, params.final, i, h, w)
+            if resize_back:
+                x = resize(x, (h, w), params.final.resize_back_mode[i])
+            outputs.append(quantize_8bit(x))
+        return torch.cat(outputs)
+
+
+@dataclass
+class DegradedPair:
+    """One training triplet from an HQ batch: the LQ and ELQ degradations and their params."""
+
+    hq: torch.Tensor
+    lq: torch.Tensor
+    elq: torch.Tensor
+    lq_params: DegradationParams
+    elq_params: DegradationParams
+
+
+def degrade_pair(
+    hq: torch.Tensor,
+    lq_degradation: RealESRGANDegradation,
+    elq_degradation: RealESRGANDegradation,
+    generator: torch.Generator | None = None,
+) -> DegradedPair:
+    """Degrade one HQ batch twice, independently: with the LQ and with the ELQ pipeline."""
+    lq_degradation._check_images(hq)
+    b, _, h, w = hq.shape
+    lq_params = lq_degradation.sample(b, h, w, generator=generator, device=hq.device)
+    elq_params = elq_degradation.sample(b, h, w, generator=generator, device=hq.device)
+    return DegradedPair(
+        hq=hq,
+        lq=lq_degradation(hq, lq_params),
+        elq=elq_degradation(hq, elq_params),
+        lq_params=lq_params,
+        elq_params=elq_params,
+    )
