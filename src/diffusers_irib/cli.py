@@ -1,0 +1,196 @@
+"""Console entry points.
+
+``irib-degrade``: make LQ / ELQ versions of photos with the Real-ESRGAN degradation presets.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from .degradations import DegradationConfig, RealESRGANDegradation
+
+DEMO_IMAGE = "astronaut.png"
+
+
+def bundled_image_path(name: str = DEMO_IMAGE) -> Path:
+    """Path of a photo shipped with the package (``assets/``)."""
+    return Path(str(resources.files("diffusers_irib") / "assets" / name))
+
+
+# --------------------------------------------------------------------------- image files
+def load_image(path: str | os.PathLike) -> Image.Image:
+    """Open an image file as RGB, with an error that names the file when it cannot be read."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return to_rgb(image)
+    except FileNotFoundError:
+        raise ValueError(f"cannot read image {str(path)!r}: no such file") from None
+    except IsADirectoryError:
+        raise ValueError(f"cannot read image {str(path)!r}: it is a directory") from None
+    except (UnidentifiedImageError, OSError, SyntaxError) as err:
+        raise ValueError(f"cannot read image {str(path)!r}: not a readable image ({err})") from None
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any PIL mode to 8-bit RGB: 16-bit gray is scaled down, alpha is composited on white."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        array = np.asarray(image, dtype=np.float64)
+        peak = 65535.0 if image.mode.startswith("I;16") or array.max() > 255 else 255.0
+        image = Image.fromarray(np.clip(array / peak * 255.0 + 0.5, 0, 255).astype(np.uint8))
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, rgba)
+    return image.convert("RGB")
+
+
+def center_crop_resize(image: Image.Image, size: int) -> Image.Image:
+    """Resize the shorter side to ``size`` (bicubic), then crop the centre square."""
+    w, h = image.size
+    scale = size / min(w, h)
+    new_w, new_h = max(size, round(w * scale)), max(size, round(h * scale))
+    image = image.resize((new_w, new_h), Image.BICUBIC)
+    left, top = (new_w - size) // 2, (new_h - size) // 2
+    return image.crop((left, top, left + size, top + size))
+
+
+def pil_to_tensor(image: Image.Image) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1).float() / 255.0
+
+
+def tensor_to_pil(image: torch.Tensor) -> Image.Image:
+    array = (image.detach().clamp(0, 1) * 255.0).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+    return Image.fromarray(array)
+
+
+def _atomic_write(path: Path, write) -> None:
+    """Write through a temporary file in the same folder, so no half-written file is left."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def save_png(image: Image.Image, path: Path) -> None:
+    _atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
+
+
+def save_json(data: dict, path: Path) -> None:
+    def write(tmp):
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(data, f)
+
+    _atomic_write(path, write)
+
+
+def prepare_output_dir(path: str | os.PathLike) -> Path:
+    """Create the folder if needed and check it can be written, before any work is done."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ValueError(f"cannot create output directory {str(path)!r}: {err.strerror or err}") from None
+    if not path.is_dir():
+        raise ValueError(f"output path {str(path)!r} exists and is not a directory")
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise ValueError(f"output directory {str(path)!r} is not writable")
+    return path
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    mse = torch.mean((a.double() - b.double()) ** 2).item()
+    return float("inf") if mse == 0 else -10.0 * np.log10(mse)
+
+
+# --------------------------------------------------------------------------- irib-degrade
+def resolve_preset(spec: str) -> DegradationConfig:
+    """A preset name (``lq``, ``elq``) or the path of a JSON config file."""
+    if spec.endswith(".json") or os.path.sep in spec:
+        if not os.path.isfile(spec):
+            raise ValueError(f"degradation config file {spec!r} does not exist")
+        return DegradationConfig.from_json_file(spec)
+    return DegradationConfig.from_preset(spec)
+
+
+def degrade_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="irib-degrade",
+        description="Degrade photos with the Real-ESRGAN pipeline (LQ and extreme ELQ presets).",
+    )
+    parser.add_argument("images", nargs="*", metavar="IMAGE", help="Image files to degrade.")
+    parser.add_argument("--demo", action="store_true", help="Degrade the bundled photo (NASA astronaut, public domain).")
+    parser.add_argument(
+        "--preset",
+        action="append",
+        metavar="lq|elq|CONFIG.json",
+        help="Degradation preset or JSON config; repeat for several. Default: lq and elq.",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="Random seed (default 0).")
+    parser.add_argument("--output-dir", default=None, help="Output folder (default: irib-degrade-output).")
+    parser.add_argument("--size", type=int, default=512, help="Centre-crop / resize inputs to SIZE x SIZE (default 512).")
+    parser.add_argument("--no-resize-back", action="store_true", help="Keep the LQ at SIZE / scale instead of SIZE.")
+    parser.add_argument("--device", default="cpu", help="torch device (default cpu).")
+    return parser
+
+
+def degrade_main(argv: list[str] | None = None) -> int:
+    parser = degrade_parser()
+    args = parser.parse_args(argv)
+    paths = list(args.images) + ([str(bundled_image_path())] if args.demo else [])
+    if not paths:
+        parser.error("give at least one IMAGE, or --demo")
+    if args.size < 8:
+        parser.error(f"--size must be at least 8, got {args.size}")
+    stems = [Path(p).stem for p in paths]
+    duplicates = sorted({s for s in stems if stems.count(s) > 1})
+    if duplicates:
+        parser.error(f"several inputs share the name {duplicates}: their outputs would overwrite each other")
+    try:
+        configs = [resolve_preset(spec) for spec in (args.preset or ["lq", "elq"])]
+        device = torch.device(args.device)
+        images = [center_crop_resize(load_image(p), args.size) for p in paths]
+        output_dir = prepare_output_dir(args.output_dir or ("irib-demo-output" if args.demo else "irib-degrade-output"))
+    except (ValueError, RuntimeError) as err:
+        parser.error(str(err))
+
+    hq = torch.stack([pil_to_tensor(im) for im in images]).to(device)
+    generator = torch.Generator().manual_seed(args.seed)
+    results = {}
+    for config in configs:
+        degrade = RealESRGANDegradation(config)
+        params = degrade.sample(len(paths), args.size, args.size, generator=generator, device=device)
+        results[config.preset_name] = (degrade(hq, params, resize_back=not args.no_resize_back), params, config)
+
+    for i, stem in enumerate(stems):
+        save_png(images[i], output_dir / f"{stem}_hq.png")
+        line = [f"{stem}:"]
+        for name, (degraded, params, config) in results.items():
+            save_png(tensor_to_pil(degraded[i]), output_dir / f"{stem}_{name}.png")
+            record = {"config": config.to_dict(), "seed": args.seed, "params": params.select([i]).to_dict()}
+            save_json(record, output_dir / f"{stem}_{name}_params.json")
+            if degraded.shape[-2:] == hq.shape[-2:]:
+                line.append(f"{name} PSNR {psnr(degraded[i], hq[i]):.2f} dB")
+            else:
+                line.append(f"{name} {degraded.shape[-1]}x{degraded.shape[-2]}")
+        print("  ".join(line))
+    print(f"wrote {len(stems) * (1 + 2 * len(results))} files to {output_dir}")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(degrade_main())
