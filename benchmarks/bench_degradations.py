@@ -1,0 +1,119 @@
+"""Speed of the degradation engine: images per second and milliseconds per stage.
+
+    python benchmarks/bench_degradations.py                      # CPU, and CUDA when present
+    python benchmarks/bench_degradations.py --compare-unet       # on a GPU: vs an SD2.1 UNet step
+
+Goals (issue #2): at most 50 ms per 512 x 512 image per preset on a 2-core CPU; on a GPU, a batch
+of 16 at 512 in under 5% of one SD2.1 UNet forward+backward at the same batch. Prints, never asserts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections import defaultdict
+
+import torch
+
+from diffusers_irib.degradations import DegradationConfig, RealESRGANDegradation
+
+STAGES = ("first_stage", "second_stage", "final_stage")
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def instrument(degrade: RealESRGANDegradation, device: torch.device, totals: dict) -> None:
+    """Wrap the stage methods of this instance so each call adds its time to ``totals``."""
+    for name in STAGES:
+        method = getattr(degrade, name)
+
+        def timed(*args, _method=method, _name=name, **kwargs):
+            sync(device)
+            start = time.perf_counter()
+            out = _method(*args, **kwargs)
+            sync(device)
+            totals[_name] += time.perf_counter() - start
+            return out
+
+        setattr(degrade, name, timed)
+
+
+def bench(preset: str, device: torch.device, batch: int, size: int, repeats: int) -> dict:
+    degrade = RealESRGANDegradation(DegradationConfig.from_preset(preset))
+    images = torch.rand(batch, 3, size, size, device=device)
+    degrade(images, generator=torch.Generator().manual_seed(0))  # warm-up
+    totals: dict = defaultdict(float)
+    instrument(degrade, device, totals)
+    generator = torch.Generator().manual_seed(1)
+    for _ in range(repeats):
+        sync(device)
+        start = time.perf_counter()
+        params = degrade.sample(batch, size, size, generator=generator)
+        totals["sample"] += time.perf_counter() - start
+        degrade(images, params)
+        sync(device)
+        totals["total"] += time.perf_counter() - start
+    return {k: v / repeats * 1000 for k, v in totals.items()}
+
+
+def unet_step_ms(device: torch.device, batch: int, size: int, dtype: torch.dtype, repeats: int = 3) -> float:
+    """One SD2.1-base UNet forward+backward (random weights, gradient checkpointing off)."""
+    from sd21_base import build_unet
+
+    unet = build_unet(dtype=dtype, device=device)
+    latents = torch.randn(batch, 4, size // 8, size // 8, device=device, dtype=dtype)
+    context = torch.randn(batch, 77, 1024, device=device, dtype=dtype)
+    t = torch.full((batch,), 999, device=device)
+    times = []
+    for _ in range(repeats + 1):
+        sync(device)
+        start = time.perf_counter()
+        unet(latents, t, context).sample.float().mean().backward()
+        sync(device)
+        times.append(time.perf_counter() - start)
+        unet.zero_grad(set_to_none=True)
+    return min(times[1:]) * 1000
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2, help="CPU threads (the goal is for 2)")
+    parser.add_argument("--device", action="append", help="cpu / cuda; default: cpu and cuda if present")
+    parser.add_argument("--compare-unet", action="store_true", help="on CUDA: time an SD2.1 UNet step, batch 16")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    devices = args.device or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
+
+    print(f"torch {torch.__version__}, {args.threads} CPU threads, batch {args.batch} at {args.size}x{args.size}")
+    header = f"{'device':<6} {'preset':<6} {'sample':>8} {'first':>8} {'second':>8} {'final':>8} {'back':>7} {'total':>9} {'ms/img':>8} {'img/s':>7}"
+    print(header)
+    print("-" * len(header))
+    for name in devices:
+        device = torch.device(name)
+        for preset in ("lq", "elq"):
+            r = bench(preset, device, args.batch, args.size, args.repeats)
+            per_image = r["total"] / args.batch
+            back = r["total"] - r["sample"] - sum(r[s] for s in STAGES)
+            print(
+                f"{name:<6} {preset:<6} {r['sample']:8.1f} {r['first_stage']:8.1f} {r['second_stage']:8.1f} "
+                f"{r['final_stage']:8.1f} {back:7.1f} {r['total']:9.1f} {per_image:8.1f} {1000 / per_image:7.1f}"
+            )
+    print("stage columns are ms per batch; 'back' is the resize back and 8-bit rounding")
+
+    if args.compare_unet and torch.cuda.is_available():
+        device = torch.device("cuda")
+        for dtype in (torch.float16, torch.bfloat16):
+            unet_ms = unet_step_ms(device, 16, 512, dtype)
+            degrade_ms = {p: bench(p, device, 16, 512, args.repeats)["total"] for p in ("lq", "elq")}
+            for preset, ms in degrade_ms.items():
+                print(f"cuda {preset} batch 16 @512: {ms:.1f} ms = {100 * ms / unet_ms:.1f}% of an SD2.1 UNet fwd+bwd ({unet_ms:.0f} ms, {dtype})")
+
+
+if __name__ == "__main__":
+    main()
