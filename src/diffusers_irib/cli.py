@@ -18,6 +18,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from .degradations import DegradationConfig, RealESRGANDegradation
+from .image_processing import psnr, to_rgb
 
 DEMO_IMAGE = "astronaut.png"
 
@@ -40,19 +41,6 @@ def load_image(path: str | os.PathLike) -> Image.Image:
         raise ValueError(f"cannot read image {str(path)!r}: it is a directory") from None
     except (UnidentifiedImageError, OSError, SyntaxError) as err:
         raise ValueError(f"cannot read image {str(path)!r}: not a readable image ({err})") from None
-
-
-def to_rgb(image: Image.Image) -> Image.Image:
-    """Any PIL mode to 8-bit RGB: 16-bit gray is scaled down, alpha is composited on white."""
-    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-        array = np.asarray(image, dtype=np.float64)
-        peak = 65535.0 if image.mode.startswith("I;16") or array.max() > 255 else 255.0
-        image = Image.fromarray(np.clip(array / peak * 255.0 + 0.5, 0, 255).astype(np.uint8))
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        image = Image.alpha_composite(background, rgba)
-    return image.convert("RGB")
 
 
 def center_crop_resize(image: Image.Image, size: int) -> Image.Image:
@@ -110,11 +98,6 @@ def prepare_output_dir(path: str | os.PathLike) -> Path:
     if not os.access(path, os.W_OK | os.X_OK):
         raise ValueError(f"output directory {str(path)!r} is not writable")
     return path
-
-
-def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    mse = torch.mean((a.double() - b.double()) ** 2).item()
-    return float("inf") if mse == 0 else -10.0 * np.log10(mse)
 
 
 # --------------------------------------------------------------------------- irib-degrade
