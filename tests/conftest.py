@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import string
 
 import pytest
 import torch
@@ -62,6 +63,46 @@ def make_sd21_scheduler() -> DDPMScheduler:
         clip_sample=False,
         steps_offset=1,
     )
+
+
+def make_tiny_tokenizer(model_max_length: int = 77):
+    """A CLIP tokenizer built in memory: character-level BPE (no merges), so any word tokenises."""
+    from transformers import CLIPTokenizer
+
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for c in string.ascii_lowercase + string.digits + ".,'-":
+        vocab.setdefault(c, len(vocab))
+        vocab.setdefault(c + "</w>", len(vocab))
+    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=model_max_length)
+
+
+def make_tiny_text_encoder(tokenizer, seed: int = 4):
+    """A 2-layer CLIP text model whose width matches the tiny UNet's cross-attention."""
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(seed)
+    config = CLIPTextConfig(
+        vocab_size=len(tokenizer), hidden_size=TINY_CROSS_ATTENTION_DIM, intermediate_size=37, num_hidden_layers=2,
+        num_attention_heads=2, max_position_embeddings=77, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )  # fmt: skip
+    return CLIPTextModel(config).eval()
+
+
+def make_tiny_pipeline():
+    """IRIBRestorationPipeline on the tiny components, without adapter sets."""
+    from diffusers_irib import IRIBRestorationPipeline
+
+    tokenizer = make_tiny_tokenizer()
+    pipe = IRIBRestorationPipeline(
+        vae=make_tiny_vae(),
+        text_encoder=make_tiny_text_encoder(tokenizer),
+        tokenizer=tokenizer,
+        unet=make_tiny_unet(),
+        scheduler=make_sd21_scheduler(),
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
 
 
 @pytest.fixture

@@ -1,0 +1,446 @@
+"""IRIBRestorationPipeline: ELQ -> projector -> LQ proxy -> restorer -> HQ, with Look Forward Once.
+
+One Stable Diffusion 2.1-base UNet/VAE/text encoder holds two LoRA adapter sets: the trainable
+``projector`` f (extreme-LQ -> LQ) and the frozen OSEDiff-style ``restorer`` g (LQ -> HQ). Both are
+one-step models (:mod:`diffusers_irib.one_step`); the active set is switched by peft adapter name.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+from dataclasses import dataclass
+from typing import Any, Callable, Optional, Union
+
+import numpy as np
+import PIL.Image
+import torch
+from diffusers import AutoencoderKL, DiffusionPipeline, UNet2DConditionModel
+from diffusers.utils import BaseOutput
+from transformers import CLIPTextModel, CLIPTokenizer
+
+from . import adapters
+from .image_processing import (
+    COLOR_FIXES,
+    OUTPUT_TYPES,
+    ImageInput,
+    gaussian_window,
+    pad_to_multiple,
+    postprocess,
+    tile_starts,
+    to_tensors,
+    upscale_image,
+)
+from .one_step import decode_latents, encode_image, predict_noise, x0_from_noise
+from .prompts import check_prompts
+
+ADAPTER_SETS_DIR = "adapter_sets"
+ROLES = ("projector", "restorer")
+
+RestorerCallable = Callable[[torch.Tensor, list[str]], torch.Tensor]
+
+
+@dataclass
+class IRIBRestorationPipelineOutput(BaseOutput):
+    """Output of :class:`IRIBRestorationPipeline`.
+
+    Args:
+        images: the restored (HQ) images.
+        lq_images: the LQ proxies the restorer received (the projector's last output, or the input
+            itself with ``use_projector=False``).
+        prompts: the prompts of every round, ``prompts[round][i]`` for image i: the projector's
+            rounds (1 + ``lfo_steps``) and then the restorer's.
+        intermediate_lq_images: with ``return_intermediates=True``, the LQ proxy of every round.
+    """
+
+    images: Union[list[PIL.Image.Image], np.ndarray, torch.Tensor]
+    lq_images: Union[list[PIL.Image.Image], np.ndarray, torch.Tensor]
+    prompts: list[list[str]]
+    intermediate_lq_images: Optional[list[Any]] = None
+
+
+class IRIBRestorationPipeline(DiffusionPipeline):
+    r"""Extreme blind image restoration with a projector and a restorer on one SD2.1 base.
+
+    Args:
+        vae ([`AutoencoderKL`]): the SD VAE; adapter sets put LoRA on its encoder.
+        text_encoder ([`CLIPTextModel`]): the SD2.1 OpenCLIP text encoder (frozen).
+        tokenizer ([`CLIPTokenizer`]): its tokenizer.
+        unet ([`UNet2DConditionModel`]): the SD2.1-base UNet holding the adapter sets.
+        scheduler: any scheduler with ``alphas_cumprod`` (only the noise schedule is used).
+    """
+
+    model_cpu_offload_seq = "text_encoder->unet->vae"
+
+    def __init__(
+        self,
+        vae: AutoencoderKL,
+        text_encoder: CLIPTextModel,
+        tokenizer: CLIPTokenizer,
+        unet: UNet2DConditionModel,
+        scheduler: Any,
+    ):
+        super().__init__()
+        self.register_modules(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler)
+        self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1) if vae is not None else 8
+        self.prompt_extractor: Optional[Callable[[list[PIL.Image.Image]], list[str]]] = None
+
+    # ------------------------------------------------------------------ adapter sets
+    def add_adapter_set(self, role: str, rank: int = 4, alpha: Optional[float] = None, **kwargs) -> adapters.AdapterSetConfig:
+        """Add a fresh, trainable adapter set (UNet LoRA + VAE-encoder LoRA on OSEDiff's targets,
+        rank 4, alpha 2 x rank, gaussian init) and activate it. See :func:`adapters.add_adapter_set`."""
+        return adapters.add_adapter_set(self.unet, self.vae, role, rank=rank, alpha=alpha, **kwargs)
+
+    def load_adapter_set(
+        self, path_or_repo_id: Union[str, os.PathLike], role: Optional[str] = None, **hub_kwargs
+    ) -> adapters.AdapterSetConfig:
+        """Load an adapter set saved with :meth:`save_adapter_set` from a folder or a Hub repo id
+        (frozen unless ``trainable=True``); ``role`` defaults to the role it was saved with."""
+        return adapters.load_adapter_set(self.unet, self.vae, path_or_repo_id, role=role, **hub_kwargs)
+
+    def save_adapter_set(self, save_directory: Union[str, os.PathLike], role: str) -> str:
+        """Save one adapter set: ``pytorch_lora_weights.safetensors`` (``unet.*``/``vae.*`` keys, the
+        LoRA configs in its metadata) and ``adapter_config.json``."""
+        return adapters.save_adapter_set(self.unet, self.vae, role, save_directory)
+
+    def use_adapter_set(self, role: Optional[str]):
+        """Context manager: run under ``role`` (None: the bare SD prior), then restore the previous
+        adapters and every ``requires_grad`` flag, even if the body raises."""
+        return adapters.use_adapter_set(self.unet, self.vae, role)
+
+    @property
+    def adapter_sets(self) -> list[str]:
+        return adapters.list_adapter_sets(self.unet)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        pretrained_model_name_or_path: Union[str, os.PathLike],
+        projector: Optional[Union[str, os.PathLike]] = None,
+        restorer: Optional[Union[str, os.PathLike]] = None,
+        prompt_extractor: Optional[Callable] = None,
+        **kwargs,
+    ) -> "IRIBRestorationPipeline":
+        """Load the base model, then the adapter sets.
+
+        Adapter sets saved beside a pipeline by :meth:`save_pretrained` come back automatically;
+        ``projector=`` / ``restorer=`` (folder or Hub repo id) load or replace them.
+        """
+        hub_keys = ("cache_dir", "token", "revision", "local_files_only", "force_download", "proxies")
+        hub_kwargs = {k: kwargs[k] for k in hub_keys if k in kwargs}
+        pipe = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        saved = os.path.join(os.fspath(pretrained_model_name_or_path), ADAPTER_SETS_DIR)
+        explicit = {"projector": projector, "restorer": restorer}
+        if os.path.isdir(saved):
+            for role in sorted(os.listdir(saved)):
+                if explicit.get(role) is None and os.path.isdir(os.path.join(saved, role)):
+                    pipe.load_adapter_set(os.path.join(saved, role), role=role)
+        for role, source in explicit.items():
+            if source is not None:
+                pipe.load_adapter_set(source, role=role, **hub_kwargs)
+        pipe.prompt_extractor = prompt_extractor
+        return pipe
+
+    def save_pretrained(self, save_directory: Union[str, os.PathLike], **kwargs) -> None:
+        """Save the base components (never the peft-wrapped weights) and every adapter set beside
+        them in ``adapter_sets/<role>/``; :meth:`from_pretrained` restores the same pipeline.
+
+        The adapters are taken off for the base save and loaded back from the saved files (same
+        values and trainability, new parameter objects): rebuild optimisers after calling it.
+        """
+        save_directory = os.fspath(save_directory)
+        roles = self.adapter_sets
+        active = adapters.get_active_adapter_set(self.unet) if roles else None
+        sets_dir = os.path.join(save_directory, ADAPTER_SETS_DIR)
+        for role in roles:
+            self.save_adapter_set(os.path.join(sets_dir, role), role)
+        if not roles:
+            super().save_pretrained(save_directory, **kwargs)
+            return
+        # Saving with peft layers attached writes wrapped keys that reload as random weights:
+        # take the adapters off, save the exact base, then put the saved sets back.
+        trainable = {
+            role: any(p.requires_grad for p in adapters.adapter_set_parameters(self.unet, self.vae, role)) for role in roles
+        }
+        adapters.unload_adapter_sets(self.unet, self.vae)
+        try:
+            super().save_pretrained(save_directory, **kwargs)
+        finally:
+            for role in roles:
+                self.load_adapter_set(os.path.join(sets_dir, role), role=role, trainable=trainable[role])
+            adapters.set_adapter_set(self.unet, self.vae, active)
+
+    # ------------------------------------------------------------------ toggles
+    def enable_vae_tiling(self) -> None:
+        """Encode and decode large images tile by tile (diffusers' VAE tiling)."""
+        self.vae.enable_tiling()
+
+    def disable_vae_tiling(self) -> None:
+        self.vae.disable_tiling()
+
+    def enable_vae_slicing(self) -> None:
+        self.vae.enable_slicing()
+
+    def disable_vae_slicing(self) -> None:
+        self.vae.disable_slicing()
+
+    # ------------------------------------------------------------------ building blocks
+    def encode_prompt(self, prompts: list[str], device: torch.device, cache: Optional[dict] = None) -> torch.Tensor:
+        """CLIP last hidden states (B, 77, D) of each prompt; each distinct prompt is encoded once
+        per ``cache`` (the pipeline passes one cache per call)."""
+        cache = {} if cache is None else cache
+        missing = [p for p in dict.fromkeys(prompts) if p not in cache]
+        if missing:
+            tokens = self.tokenizer(
+                missing,
+                padding="max_length",
+                max_length=self.tokenizer.model_max_length,
+                truncation=True,
+                return_tensors="pt",
+            )
+            hidden = self.text_encoder(tokens.input_ids.to(device), return_dict=False)[0]
+            cache.update(zip(missing, hidden.unbind(0)))
+        return torch.stack([cache[p] for p in prompts]).to(device)
+
+    def _unet_noise(self, latents: torch.Tensor, prompt_embeds: torch.Tensor, tile_size: Optional[int], tile_overlap: int) -> torch.Tensor:
+        """The UNet's noise prediction at t=999, over overlapping latent tiles when the latent is
+        larger than ``tile_size`` pixels, blended with a Gaussian window so no seams show."""
+        latent_tile = None if tile_size is None else tile_size // self.vae_scale_factor
+        h, w = latents.shape[-2:]
+        if latent_tile is None or (h <= latent_tile and w <= latent_tile):
+            return predict_noise(self.unet, latents, prompt_embeds)
+        overlap = tile_overlap // self.vae_scale_factor
+        th, tw = min(latent_tile, h), min(latent_tile, w)
+        window = gaussian_window(th, tw, device=latents.device, dtype=torch.float32)
+        noise = torch.zeros(latents.shape, device=latents.device, dtype=torch.float32)
+        weight = torch.zeros((1, 1, h, w), device=latents.device, dtype=torch.float32)
+        tiles = [(y, x) for y in tile_starts(h, th, overlap) for x in tile_starts(w, tw, overlap)]
+        for y, x in self.progress_bar(tiles):
+            tile = latents[..., y : y + th, x : x + tw]
+            eps = predict_noise(self.unet, tile, prompt_embeds).float()
+            noise[..., y : y + th, x : x + tw] += eps * window
+            weight[..., y : y + th, x : x + tw] += window
+        return noise / weight
+
+    def _one_step(self, latents: torch.Tensor, prompt_embeds: torch.Tensor, tile_size, tile_overlap) -> torch.Tensor:
+        """Latents of the active set's input -> decoded images in [-1, 1]."""
+        eps = self._unet_noise(latents, prompt_embeds, tile_size, tile_overlap)
+        return decode_latents(self.vae, x0_from_noise(latents, eps, self.scheduler.alphas_cumprod))
+
+    def _extract_prompts(self, extractor: Optional[Callable], images: torch.Tensor, user_prompt: Optional[list[str]]) -> list[str]:
+        """Prompts for one round: the user's, else the extractor's on ``images`` ([0, 1]), else ""."""
+        if user_prompt is not None:
+            return user_prompt
+        if extractor is None:
+            return [""] * images.shape[0]
+        pil = postprocess(images, "pil")
+        return check_prompts(extractor(pil), len(pil))
+
+    # ------------------------------------------------------------------ inputs
+    def check_inputs(self, prompt, lfo_steps, prompt_extractor, restorer, use_projector, upscale, color_fix, output_type, tile_size, tile_overlap) -> None:
+        if not isinstance(lfo_steps, int) or isinstance(lfo_steps, bool) or lfo_steps < 0:
+            raise ValueError(f"lfo_steps must be a non-negative integer, got {lfo_steps!r}")
+        if lfo_steps > 0 and not use_projector:
+            raise ValueError("lfo_steps > 0 refines the projector's prompt: it needs use_projector=True")
+        if prompt is not None and not isinstance(prompt, str) and not (isinstance(prompt, list) and all(isinstance(p, str) for p in prompt)):
+            raise TypeError(f"prompt must be a string or a list of strings, got {type(prompt).__name__}")
+        if prompt_extractor is not None and not callable(prompt_extractor):
+            raise TypeError(f"prompt_extractor must be callable (list of PIL images -> list of str), got {type(prompt_extractor).__name__}")
+        if restorer is not None and not callable(restorer):
+            raise TypeError(f"restorer must be a callable or a diffusers pipeline, got {type(restorer).__name__}")
+        if not isinstance(upscale, (int, float)) or isinstance(upscale, bool) or not upscale > 0:
+            raise ValueError(f"upscale must be a positive number, got {upscale!r}")
+        if color_fix is not None and color_fix not in COLOR_FIXES:
+            raise ValueError(f"color_fix must be one of {sorted(COLOR_FIXES)} or None, got {color_fix!r}")
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
+        if tile_size is not None:
+            if not isinstance(tile_size, int) or tile_size < 8 * self.vae_scale_factor or tile_size % self.vae_scale_factor:
+                raise ValueError(f"tile_size must be a multiple of {self.vae_scale_factor} and >= {8 * self.vae_scale_factor}, got {tile_size!r}")
+            if not isinstance(tile_overlap, int) or not 0 <= tile_overlap < tile_size:
+                raise ValueError(f"tile_overlap must be an integer in [0, tile_size), got {tile_overlap!r}")
+        needed = (["projector"] if use_projector else []) + (["restorer"] if restorer is None else [])
+        missing = [role for role in needed if role not in self.adapter_sets]
+        if missing:
+            raise ValueError(
+                f"missing adapter set(s) {missing}; loaded: {self.adapter_sets or 'none'}. Load them with "
+                "load_adapter_set(path, role) or from_pretrained(base, projector=..., restorer=...)"
+            )
+
+    # ------------------------------------------------------------------ call
+    @torch.no_grad()
+    def __call__(
+        self,
+        image: ImageInput,
+        prompt: Optional[Union[str, list[str]]] = None,
+        lfo_steps: int = 0,
+        prompt_extractor: Optional[Callable[[list[PIL.Image.Image]], list[str]]] = None,
+        restorer: Optional[Union[RestorerCallable, DiffusionPipeline]] = None,
+        use_projector: bool = True,
+        upscale: float = 1.0,
+        color_fix: Optional[str] = "adain",
+        generator: Optional[torch.Generator] = None,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        tile_size: Optional[int] = None,
+        tile_overlap: Optional[int] = None,
+        return_intermediates: bool = False,
+    ):
+        r"""Restore extremely degraded images.
+
+        Args:
+            image: PIL image (any mode), numpy array (H x W x C; uint8, uint16 or float in [0, 1]),
+                torch tensor (3 x H x W or B x 3 x H x W, float in [0, 1]) or a list of them.
+            prompt (`str` or `list[str]`, *optional*): used in every round; wins over extractors.
+            lfo_steps (`int`, defaults to 0): Look Forward Once refinements: each re-extracts the
+                prompt from the current LQ proxy and re-runs the projector on the ELQ encoding.
+            prompt_extractor (*optional*): callable from a list of PIL images to a list of prompts;
+                defaults to ``pipe.prompt_extractor``, else the empty prompt.
+            restorer (*optional*): plug-and-play LQ -> HQ model replacing the built-in restorer: a
+                callable ``(images B x 3 x H x W in [0, 1], prompts) -> images`` or a diffusers pipeline
+                (called as ``restorer(prompt=..., image=..., output_type="pt")``).
+            use_projector (`bool`, defaults to True): False runs the restorer alone on the input (the
+                paper's "pretrained" baseline); no projector set is needed then.
+            upscale (`float`, defaults to 1.0): bicubic pre-upscale of the input (the one-step models
+                restore at the input resolution, as OSEDiff).
+            color_fix (`str`, *optional*, defaults to "adain"): "adain", "wavelet" or None; matches the
+                output's colours to the restorer's input.
+            generator (`torch.Generator`, *optional*): sample the VAE posterior with it (else the mean).
+            output_type (`str`, defaults to "pil"): "pil", "np" or "pt".
+            return_dict (`bool`, defaults to True): return an [`IRIBRestorationPipelineOutput`] rather
+                than a tuple ``(images, lq_images, prompts)``.
+            tile_size (`int`, *optional*): pixel size of the overlapping latent tiles of the UNet for
+                large images (VAE tiling is switched on for the call too); None disables tiling.
+            tile_overlap (`int`, *optional*): overlap of neighbouring tiles in pixels; defaults to a
+                third of ``tile_size`` (OSEDiff: 768 px tiles, 256 px overlap).
+            return_intermediates (`bool`, defaults to False): also return every round's LQ proxy.
+        """
+        # 1. Check inputs
+        prompt_extractor = prompt_extractor if prompt_extractor is not None else self.prompt_extractor
+        if tile_size is not None and tile_overlap is None:
+            tile_overlap = tile_size // 3 // self.vae_scale_factor * self.vae_scale_factor
+        self.check_inputs(prompt, lfo_steps, prompt_extractor, restorer, use_projector, upscale, color_fix, output_type, tile_size, tile_overlap)
+        images = to_tensors(image)
+        if isinstance(prompt, list) and len(prompt) not in (1, len(images)):
+            raise ValueError(f"prompt has {len(prompt)} entries for {len(images)} images")
+
+        # 2. Images of one size form one batch; others run one after another
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, t in enumerate(images):
+            groups.setdefault(tuple(t.shape[-2:]), []).append(i)
+        results: list[Optional[dict]] = [None] * len(images)
+        for indices in groups.values():
+            batch = torch.stack([images[i] for i in indices])
+            user = None if prompt is None else [prompt] * len(indices) if isinstance(prompt, str) else [prompt[i] if len(prompt) > 1 else prompt[0] for i in indices]
+            out = self._restore_batch(batch, user, lfo_steps, prompt_extractor, restorer, use_projector, upscale, color_fix, generator, tile_size, tile_overlap)
+            for j, i in enumerate(indices):  # per image: its outputs, and its entry of every round
+                results[i] = {
+                    "hq": out["hq"][j],
+                    "lq": out["lq"][j],
+                    "prompts": [round_prompts[j] for round_prompts in out["prompts"]],
+                    "intermediates": [round_images[j] for round_images in out["intermediates"]],
+                }
+        self.maybe_free_model_hooks()
+
+        # 3. Postprocess
+        def gather(key):
+            items = [r[key] for r in results]
+            same_size = len({tuple(x.shape) for x in items}) == 1
+            if same_size:
+                return postprocess(torch.stack(items), output_type)
+            return [postprocess(x[None], output_type)[0] for x in items]
+
+        hq, lq = gather("hq"), gather("lq")
+        rounds = len(results[0]["prompts"])
+        prompts = [[r["prompts"][k] for r in results] for k in range(rounds)]
+        intermediates = None
+        if return_intermediates:
+            steps = len(results[0]["intermediates"])
+            intermediates = []
+            for k in range(steps):
+                items = [r["intermediates"][k] for r in results]
+                same = len({tuple(x.shape) for x in items}) == 1
+                intermediates.append(postprocess(torch.stack(items), output_type) if same else [postprocess(x[None], output_type)[0] for x in items])
+        if not return_dict:
+            return (hq, lq, prompts) + ((intermediates,) if return_intermediates else ())
+        return IRIBRestorationPipelineOutput(images=hq, lq_images=lq, prompts=prompts, intermediate_lq_images=intermediates)
+
+    def _restore_batch(self, batch, user_prompt, lfo_steps, extractor, restorer, use_projector, upscale, color_fix, generator, tile_size, tile_overlap) -> dict:
+        """Steps 3-7 for one batch of same-size images (B, 3, H, W) in [0, 1]."""
+        device = self._execution_device
+        # 3. Preprocess: upscale, pad to the VAE's multiple, map to [-1, 1]
+        batch = upscale_image(batch, float(upscale))
+        padded, (h, w) = pad_to_multiple(batch, self.vae_scale_factor)
+        elq = (padded * 2 - 1).to(device)
+        cache: dict[str, torch.Tensor] = {}
+        prompts_per_round: list[list[str]] = []
+        intermediates: list[torch.Tensor] = []
+        tiling = tile_size is not None and max(padded.shape[-2:]) > tile_size
+        vae_tiling_before = getattr(self.vae, "use_tiling", False)
+        if tiling:
+            self.vae.enable_tiling()
+        rounds = (lfo_steps + 1 if use_projector else 0) + 1
+
+        def crop01(x: torch.Tensor) -> torch.Tensor:
+            """[-1, 1] padded -> [0, 1] at the input size."""
+            return ((x.float() + 1) / 2).clamp(0, 1)[..., :h, :w]
+
+        try:
+            with self.progress_bar(total=rounds) as progress:
+                # 4. Projector f with Look Forward Once (eqs. 20-22): encode the ELQ image once;
+                #    round 1 is prompted from the ELQ image, every later round from the last LQ proxy
+                lq = elq
+                if use_projector:
+                    with self.use_adapter_set("projector"):
+                        latents = encode_image(self.vae, elq, generator=generator)
+                        for _ in range(lfo_steps + 1):
+                            prompts = self._extract_prompts(extractor, crop01(lq), user_prompt)
+                            prompts_per_round.append(prompts)
+                            lq = self._one_step(latents, self.encode_prompt(prompts, device, cache), tile_size, tile_overlap)
+                            intermediates.append(crop01(lq).cpu())
+                            progress.update()
+                # 5. Restorer g on the LQ proxy, prompted from the LQ proxy
+                lq01 = crop01(lq)
+                prompts = self._extract_prompts(extractor, lq01, user_prompt)
+                prompts_per_round.append(prompts)
+                if restorer is None:
+                    with self.use_adapter_set("restorer"):
+                        embeds = self.encode_prompt(prompts, device, cache)
+                        latents = encode_image(self.vae, lq, generator=generator)
+                        hq01 = crop01(self._one_step(latents, embeds, tile_size, tile_overlap))
+                else:
+                    hq01 = self._run_plug_and_play(restorer, lq01, prompts)
+                progress.update()
+        finally:
+            if tiling and not vae_tiling_before:
+                self.vae.disable_tiling()
+
+        # 6. Colour fix against the restorer's input, as OSEDiff does
+        hq01, lq01 = hq01.float().cpu(), lq01.cpu()
+        if color_fix is not None:
+            reference = lq01
+            if reference.shape[-2:] != hq01.shape[-2:]:
+                reference = torch.nn.functional.interpolate(reference, size=hq01.shape[-2:], mode="bicubic").clamp(0, 1)
+            hq01 = COLOR_FIXES[color_fix](hq01, reference)
+        return {"hq": hq01, "lq": lq01, "prompts": prompts_per_round, "intermediates": intermediates}
+
+    @staticmethod
+    def _run_plug_and_play(restorer, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+        """Run a user restorer on the LQ proxy (B x 3 x H x W in [0, 1])."""
+        if isinstance(restorer, DiffusionPipeline):
+            accepts = inspect.signature(restorer.__call__).parameters
+            kwargs = {"output_type": "pt"} if "output_type" in accepts else {}
+            out = restorer(prompt=prompts, image=images, **kwargs)
+            out = out.images if hasattr(out, "images") else out[0]
+        else:
+            out = restorer(images, prompts)
+        if isinstance(out, (list, tuple)) and out and isinstance(out[0], PIL.Image.Image):
+            out = torch.stack([t for item in out for t in to_tensors(item)])
+        if not isinstance(out, torch.Tensor) or out.dim() != 4 or out.shape[1] != 3:
+            raise TypeError(
+                "restorer must return a B x 3 x H x W tensor in [0, 1] (or a list of PIL images), "
+                f"got {type(out).__name__}{tuple(out.shape) if isinstance(out, torch.Tensor) else ''}"
+            )
+        if out.shape[0] != images.shape[0]:
+            raise ValueError(f"restorer returned {out.shape[0]} images for {images.shape[0]} inputs")
+        return out.to(images.device).clamp(0, 1)

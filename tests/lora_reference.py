@@ -1,0 +1,123 @@
+"""Independent references for adapter-set tests: hand-merged LoRA weights (W + s * B @ A) on plain
+copies of the tiny base, and OSEDiff's one-step generator written out by hand. No diffusers_irib
+code is used to compute a reference here (only to add the sets being tested)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from conftest import make_tiny_unet, make_tiny_vae
+from peft.tuners.tuners_utils import BaseTunerLayer
+from torch import nn
+
+from diffusers_irib.adapters import adapter_set_conv_in, add_adapter_set
+
+# Two sets with different rank/alpha so a wrong scale or a mixed-up set shows.
+PROJ = dict(rank=4, alpha=8.0)  # scale 2 (OSEDiff's default)
+REST = dict(rank=2, alpha=3.0)  # scale 1.5
+
+
+def sd21_x0_coefficients() -> tuple[float, float]:
+    betas = np.linspace(0.00085**0.5, 0.012**0.5, 1000, dtype=np.float64) ** 2
+    abar = np.cumprod(1.0 - betas)[999]
+    return 1.0 / np.sqrt(abar), np.sqrt(1.0 - abar) / np.sqrt(abar)
+
+
+class ManualOneStep(nn.Module):
+    """OSEDiff's generator written out by hand on plain (adapter-free) UNet/VAE copies."""
+
+    def __init__(self, unet: nn.Module, vae: nn.Module) -> None:
+        super().__init__()
+        self.unet, self.vae = unet, vae
+        self.a, self.b = sd21_x0_coefficients()
+
+    def forward(self, images: torch.Tensor, prompt_embeds: torch.Tensor) -> torch.Tensor:
+        sf = self.vae.config.scaling_factor
+        z = self.vae.encode(images).latent_dist.mean * sf
+        t = torch.full((images.shape[0],), 999, dtype=torch.long)
+        eps = self.unet(z, t, encoder_hidden_states=prompt_embeds.expand(images.shape[0], -1, -1)).sample
+        return self.vae.decode((self.a * z - self.b * eps) / sf).sample.clamp(-1, 1)
+
+
+def lora_factors(model: nn.Module, role: str) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    return {
+        name: (m.lora_A[role].weight, m.lora_B[role].weight)
+        for name, m in model.named_modules()
+        if isinstance(m, BaseTunerLayer) and role in m.lora_A
+    }
+
+
+def delta(a: torch.Tensor, b: torch.Tensor, scale: float) -> torch.Tensor:
+    if a.ndim == 2:  # Linear: W + s * B @ A
+        return scale * b @ a
+    # Conv: A is a k x k conv to r channels, B a 1x1 conv; composed kernel = sum_r B[o, r] A[r, i].
+    return scale * torch.einsum("or,rikl->oikl", b[:, :, 0, 0], a)
+
+
+def merged_params(factors, scale, base_sd, prefix, conv_in=None):
+    """{prefix.name.weight: W0 + s * delta} with an optional replacement conv_in (weight, bias)."""
+    base = dict(base_sd)
+    out = {}
+    if conv_in is not None:
+        base["conv_in.weight"], base["conv_in.bias"] = conv_in
+        out[f"{prefix}.conv_in.bias"] = conv_in[1]
+        out[f"{prefix}.conv_in.weight"] = conv_in[0]
+    for name, (a, b) in factors.items():
+        out[f"{prefix}.{name}.weight"] = base[f"{name}.weight"] + delta(a, b, scale)
+    return out
+
+
+def assert_grads_close(actual: torch.Tensor, expected: torch.Tensor, rel: float, name: str) -> None:
+    """Max-norm relative check: these grads reach ~1e2, so fp32 round-off is ~1e-5 of the max."""
+    err = float((actual - expected).abs().max())
+    scale = float(expected.abs().max())
+    assert err <= rel * scale, f"{name}: max error {err:.3g} vs max |grad| {scale:.3g}"
+
+
+def randomize(model: nn.Module, role: str, seed: int, std: float = 0.05) -> None:
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for a, b in lora_factors(model, role).values():
+            a.copy_(torch.randn(a.shape, generator=g) * std)
+            b.copy_(torch.randn(b.shape, generator=g) * std)
+
+
+def conv_in_weight(unet: nn.Module) -> nn.Parameter:
+    conv = unet.conv_in
+    return conv.base_layer.weight if hasattr(conv, "base_layer") else conv.weight
+
+
+def conv_in_uses(unet: nn.Module, weight: torch.Tensor, bias: torch.Tensor) -> bool:
+    """Whether the UNet's (base) conv_in currently computes with these weights."""
+    conv = unet.conv_in.base_layer if hasattr(unet.conv_in, "base_layer") else unet.conv_in
+    probe = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        return torch.equal(conv(probe), torch.nn.functional.conv2d(probe, weight, bias, padding=1))
+
+
+def build_two_sets(unet, vae):
+    """projector (trainable, no conv_in) + restorer (frozen, own conv_in), all non-zero."""
+    add_adapter_set(unet, vae, "projector", **PROJ)
+    add_adapter_set(unet, vae, "restorer", **REST, conv_in=True, trainable=False)
+    randomize(unet, "projector", 10)
+    randomize(vae, "projector", 11)
+    randomize(unet, "restorer", 12)
+    randomize(vae, "restorer", 13)
+    g = torch.Generator().manual_seed(14)
+    w, b = adapter_set_conv_in(unet, "restorer")
+    with torch.no_grad():
+        w.add_(torch.randn(w.shape, generator=g) * 0.05)
+        b.add_(torch.randn(b.shape, generator=g) * 0.05)
+    return w.detach().clone(), b.detach().clone()
+
+
+def reference_model(unet, vae, role, conv_in=None, scale=None, vae_role=True) -> ManualOneStep:
+    """Plain copies of the base with ``role`` merged in by hand (detached)."""
+    ref = ManualOneStep(make_tiny_unet(), make_tiny_vae())
+    params = merged_params(lora_factors(unet, role), scale, ref.unet.state_dict(), "unet", conv_in)
+    if vae_role:
+        params.update(merged_params(lora_factors(vae, role), scale, ref.vae.state_dict(), "vae"))
+    with torch.no_grad():
+        for name, value in params.items():
+            ref.get_parameter(name).copy_(value)
+    return ref

@@ -1,0 +1,287 @@
+"""IRIBRestorationPipeline on tiny components: exactness against hand-merged copies, the LFO
+call-count contract, save/load round trips, tiling, plug-and-play and input handling."""
+
+from __future__ import annotations
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+from conftest import make_tiny_pipeline
+from lora_reference import PROJ, REST, build_two_sets, reference_model
+from photos import photo
+from safetensors.torch import load_file
+
+from diffusers_irib import IRIBRestorationPipeline
+from diffusers_irib.adapters import get_active_adapter_set
+from diffusers_irib.one_step import x0_coefficients
+
+
+@pytest.fixture
+def pipe():
+    pipe = make_tiny_pipeline()
+    pipe.restorer_conv_in = build_two_sets(pipe.unet, pipe.vae)
+    return pipe
+
+
+def smooth_image(size=16, seed=0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    coarse = torch.rand(1, 3, 4, 4, generator=g)
+    return torch.nn.functional.interpolate(coarse, size=(size, size), mode="bilinear", align_corners=False)[0]
+
+
+def text_embeddings(pipe, prompt: str) -> torch.Tensor:
+    """CLIP last hidden states computed directly with the tokenizer and text encoder."""
+    ids = pipe.tokenizer([prompt], padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+    return pipe.text_encoder(ids)[0]
+
+
+# --------------------------------------------------------------------------- exactness
+def test_output_equals_hand_chained_merged_copies(pipe):
+    image = smooth_image()
+    out = pipe(image, prompt="a cat", color_fix=None, output_type="pt")
+
+    embeds = text_embeddings(pipe, "a cat")
+    projector = reference_model(pipe.unet, pipe.vae, "projector", scale=PROJ["alpha"] / PROJ["rank"])
+    restorer = reference_model(pipe.unet, pipe.vae, "restorer", conv_in=pipe.restorer_conv_in, scale=REST["alpha"] / REST["rank"])
+    with torch.no_grad():
+        lq = projector(image[None] * 2 - 1, embeds)
+        hq = restorer(lq, embeds)
+    torch.testing.assert_close(out.lq_images, (lq + 1) / 2, atol=1e-4, rtol=0)
+    torch.testing.assert_close(out.images, (hq + 1) / 2, atol=1e-4, rtol=0)
+    assert out.prompts == [["a cat"], ["a cat"]]
+
+
+def test_restorer_alone_is_the_pretrained_baseline(pipe):
+    image = smooth_image()
+    out = pipe(image, use_projector=False, color_fix=None, output_type="pt")
+    restorer = reference_model(pipe.unet, pipe.vae, "restorer", conv_in=pipe.restorer_conv_in, scale=REST["alpha"] / REST["rank"])
+    with torch.no_grad():
+        hq = restorer(image[None] * 2 - 1, text_embeddings(pipe, ""))
+    torch.testing.assert_close(out.images, (hq + 1) / 2, atol=1e-4, rtol=0)
+    torch.testing.assert_close(out.lq_images, image[None])
+
+
+def test_switching_sets_changes_the_output_and_the_call_restores_the_active_set(pipe):
+    pipe.unet.set_adapter("projector")
+    image = smooth_image()
+    full = pipe(image, color_fix=None, output_type="pt").images
+    baseline = pipe(image, use_projector=False, color_fix=None, output_type="pt").images
+    assert (full - baseline).abs().max() > 1e-3
+    assert get_active_adapter_set(pipe.unet) == "projector"
+
+
+def test_use_adapter_set_restores_the_previous_set_when_the_body_raises(pipe):
+    before = get_active_adapter_set(pipe.unet)
+    flags = {n: p.requires_grad for n, p in pipe.unet.named_parameters()}
+    with pytest.raises(RuntimeError, match="boom"):
+        with pipe.use_adapter_set("restorer" if before == "projector" else "projector"):
+            raise RuntimeError("boom")
+    assert get_active_adapter_set(pipe.unet) == before
+    assert flags == {n: p.requires_grad for n, p in pipe.unet.named_parameters()}
+
+
+# --------------------------------------------------------------------------- Look Forward Once
+class RecordingExtractor:
+    """Returns a new prompt per call and records the images it saw."""
+
+    def __init__(self):
+        self.seen: list[np.ndarray] = []
+
+    def __call__(self, images):
+        self.seen.append(np.stack([np.asarray(im) for im in images]))
+        return [f"round {len(self.seen)}"] * len(images)
+
+
+class CallCounter:
+    def __init__(self, pipe):
+        self.counts = {"encoder_projector": 0, "encoder_restorer": 0, "unet": 0, "decoder": 0, "text_encoder": 0}
+
+        def count(key):
+            return lambda *args: self.counts.__setitem__(key, self.counts[key] + 1)
+
+        def count_encoder(*args):
+            self.counts[f"encoder_{get_active_adapter_set(pipe.unet)}"] += 1
+
+        pipe.vae.encoder.register_forward_hook(count_encoder)
+        pipe.unet.register_forward_hook(count("unet"))
+        pipe.vae.decoder.register_forward_hook(count("decoder"))
+        pipe.text_encoder.register_forward_hook(count("text_encoder"))
+
+
+@pytest.mark.parametrize("k", [0, 1, 2])
+def test_lfo_call_count_contract_and_prompt_sources(pipe, k):
+    counter = CallCounter(pipe)
+    extractor = RecordingExtractor()
+    image = smooth_image()
+    out = pipe(image, lfo_steps=k, prompt_extractor=extractor, output_type="np", color_fix=None, return_intermediates=True)
+    assert counter.counts == {
+        "encoder_projector": 1,
+        "encoder_restorer": 1,
+        "unet": k + 2,
+        "decoder": k + 2,
+        "text_encoder": k + 2,  # one distinct prompt per round here
+    }
+    assert len(extractor.seen) == k + 2
+    assert out.prompts == [[f"round {r + 1}"] for r in range(k + 2)]
+    # round 1 sees the ELQ input, every later round the previous round's LQ proxy
+    as_uint8 = lambda a: (np.asarray(a) * 255).round().astype(np.uint8)  # noqa: E731
+    np.testing.assert_array_equal(extractor.seen[0][0], as_uint8(image.permute(1, 2, 0).numpy()))
+    assert len(out.intermediate_lq_images) == k + 1
+    for r in range(1, k + 2):
+        np.testing.assert_array_equal(extractor.seen[r], as_uint8(out.intermediate_lq_images[r - 1]))
+    np.testing.assert_array_equal(out.intermediate_lq_images[-1], out.lq_images)
+
+
+def test_text_encoder_runs_once_per_distinct_prompt(pipe):
+    counter = CallCounter(pipe)
+    pipe(smooth_image(), lfo_steps=2, prompt_extractor=lambda images: ["same"] * len(images))
+    assert counter.counts["text_encoder"] == 1
+
+
+# --------------------------------------------------------------------------- save / load
+def test_save_pretrained_round_trip_reproduces_outputs_and_keeps_base_weights(pipe, tmp_path):
+    image = smooth_image()
+    expected = pipe(image, lfo_steps=1, output_type="pt").images
+    base_unet = {k: v.clone() for k, v in make_tiny_pipeline().unet.state_dict().items()}
+
+    pipe.save_pretrained(tmp_path)
+    saved_unet = load_file(tmp_path / "unet" / "diffusion_pytorch_model.safetensors")
+    assert set(saved_unet) == set(base_unet)  # no peft-wrapped keys
+    for key, value in base_unet.items():
+        assert torch.equal(saved_unet[key], value), key
+    assert sorted(p.name for p in (tmp_path / "adapter_sets").iterdir()) == ["projector", "restorer"]
+
+    # the pipeline that saved still works, with the same outputs
+    torch.testing.assert_close(pipe(image, lfo_steps=1, output_type="pt").images, expected, atol=0, rtol=0)
+    reloaded = IRIBRestorationPipeline.from_pretrained(tmp_path)
+    reloaded.set_progress_bar_config(disable=True)
+    assert reloaded.adapter_sets == ["projector", "restorer"]
+    torch.testing.assert_close(reloaded(image, lfo_steps=1, output_type="pt").images, expected, atol=1e-6, rtol=0)
+
+
+def test_adapter_sets_load_by_path_into_a_bare_base(pipe, tmp_path):
+    image = smooth_image()
+    expected = pipe(image, output_type="pt").images
+    pipe.save_adapter_set(tmp_path / "proj", "projector")
+    pipe.save_adapter_set(tmp_path / "rest", "restorer")
+    bare = make_tiny_pipeline()
+    bare.save_pretrained(tmp_path / "base")
+    loaded = IRIBRestorationPipeline.from_pretrained(tmp_path / "base", projector=tmp_path / "proj", restorer=tmp_path / "rest")
+    loaded.set_progress_bar_config(disable=True)
+    torch.testing.assert_close(loaded(image, output_type="pt").images, expected, atol=1e-6, rtol=0)
+
+
+# --------------------------------------------------------------------------- tiling
+def test_latent_tiles_blend_without_seams(pipe, monkeypatch):
+    """A random tiny UNet is global (attention, GroupNorm over the whole latent) and its noise is
+    amplified ~14.6x by the x0 formula, so tiles of it cannot agree; a UNet with a 3x3 receptive
+    field can. With it, the Gaussian-blended tiled run must match the untiled run."""
+    a, b = x0_coefficients(pipe.scheduler)
+    conv = torch.nn.Conv2d(4, 4, 3, padding=1)
+
+    def local_unet_noise(unet, latents, prompt_embeds):
+        x0 = latents + 0.3 * conv(latents.float())
+        return (a * latents - x0) / b
+
+    monkeypatch.setattr("diffusers_irib.pipeline_irib.predict_noise", local_unet_noise)
+    monkeypatch.setattr(pipe.vae, "enable_tiling", lambda: None)  # the VAE's own tiling is diffusers'
+    image = smooth_image(128, seed=3)
+    with torch.no_grad():
+        whole = pipe(image, color_fix=None, output_type="pt").images
+        for tile_size, overlap in ((32, 16), (64, 32)):
+            tiled = pipe(image, color_fix=None, output_type="pt", tile_size=tile_size, tile_overlap=overlap).images
+            assert (tiled - whole).abs().max() < 1e-3, (tile_size, (tiled - whole).abs().max())
+
+
+def test_tiling_switches_vae_tiling_on_for_the_call_only(pipe, monkeypatch):
+    states = []
+    original = pipe.vae.encoder.forward
+    monkeypatch.setattr(pipe.vae.encoder, "forward", lambda *args: states.append(pipe.vae.use_tiling) or original(*args))
+    out = pipe(smooth_image(64), tile_size=32, tile_overlap=16, output_type="pt")
+    assert out.images.shape == (1, 3, 64, 64) and torch.isfinite(out.images).all()
+    assert not pipe.vae.use_tiling
+    pipe(smooth_image(16), tile_size=32, output_type="pt")  # smaller than a tile: no tiling
+    assert not pipe.vae.use_tiling
+
+
+# --------------------------------------------------------------------------- plug-and-play
+def test_plug_and_play_restorer_gets_the_lq_proxy_and_its_prompts(pipe):
+    received = {}
+
+    def restorer(images, prompts):
+        received["images"], received["prompts"] = images.clone(), prompts
+        return 1 - images
+
+    out = pipe(smooth_image(), prompt="sharp", restorer=restorer, color_fix=None, output_type="pt")
+    torch.testing.assert_close(received["images"], out.lq_images)
+    assert received["prompts"] == ["sharp"]
+    torch.testing.assert_close(out.images, 1 - out.lq_images)
+
+
+def test_plug_and_play_needs_no_restorer_set(tmp_path):
+    pipe = make_tiny_pipeline()
+    pipe.add_adapter_set("projector")
+    out = pipe(smooth_image(), restorer=lambda images, prompts: images, output_type="pt", color_fix=None)
+    torch.testing.assert_close(out.images, out.lq_images)
+
+
+def test_a_restorer_returning_garbage_is_named(pipe):
+    with pytest.raises(TypeError, match="restorer must return"):
+        pipe(smooth_image(), restorer=lambda images, prompts: "nope")
+
+
+# --------------------------------------------------------------------------- inputs and outputs
+def test_odd_sizes_modes_and_upscale_come_back_at_the_right_size(pipe):
+    rgba = PIL.Image.fromarray((photo("coffee", 13).permute(1, 2, 0).numpy() * 255).astype(np.uint8)).convert("RGBA")
+    gray16 = (np.random.default_rng(0).random((11, 9)) * 65535).astype(np.uint16)
+    out = pipe([rgba, gray16], upscale=2.0)
+    assert [im.size for im in out.images] == [(26, 26), (18, 22)]
+    assert [im.size for im in out.lq_images] == [(26, 26), (18, 22)]
+
+
+def test_same_size_inputs_form_one_batch_and_return_dict_false_gives_a_tuple(pipe):
+    images, lq, prompts = pipe(torch.rand(2, 3, 16, 16), output_type="np", return_dict=False)
+    assert images.shape == lq.shape == (2, 16, 16, 3)
+    assert prompts == [["", ""], ["", ""]]
+
+
+@pytest.mark.parametrize("color_fix", ["adain", "wavelet"])
+def test_color_fixes_run_and_stay_in_range(pipe, color_fix):
+    out = pipe(smooth_image(), color_fix=color_fix, output_type="pt")
+    assert 0 <= out.images.min() and out.images.max() <= 1
+
+
+@pytest.mark.parametrize(
+    "kwargs,error,message",
+    [
+        (dict(image=[]), ValueError, "empty list"),
+        (dict(image=object()), TypeError, "image must be a PIL image"),
+        (dict(image=np.zeros((0, 5, 3), np.uint8)), ValueError, "zero size"),
+        (dict(color_fix="sepia"), ValueError, "color_fix"),
+        (dict(lfo_steps=-1), ValueError, "lfo_steps"),
+        (dict(lfo_steps=1, use_projector=False), ValueError, "use_projector"),
+        (dict(upscale=0), ValueError, "upscale"),
+        (dict(output_type="latent"), ValueError, "output_type"),
+        (dict(prompt=3), TypeError, "prompt"),
+        (dict(prompt=["a", "b", "c"]), ValueError, "3 entries for 1 images"),
+        (dict(prompt_extractor="tags"), TypeError, "prompt_extractor"),
+        (dict(tile_size=12), ValueError, "tile_size"),
+        (dict(tile_size=64, tile_overlap=64), ValueError, "tile_overlap"),
+        (dict(prompt_extractor=lambda images: "not a list"), TypeError, "list"),
+    ],
+)
+def test_bad_arguments_name_the_argument(pipe, kwargs, error, message):
+    kwargs = {"image": smooth_image(), **kwargs}
+    with pytest.raises(error, match=message):
+        pipe(**kwargs)
+
+
+def test_missing_adapter_set_is_named():
+    pipe = make_tiny_pipeline()
+    with pytest.raises(ValueError, match=r"missing adapter set\(s\) \['projector', 'restorer'\]"):
+        pipe(smooth_image())
+    pipe.add_adapter_set("restorer")
+    with pytest.raises(ValueError, match=r"\['projector'\]"):
+        pipe(smooth_image())
+    pipe(smooth_image(), use_projector=False)  # the baseline needs no projector
