@@ -18,7 +18,8 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from .degradations import DegradationConfig, RealESRGANDegradation
-from .image_processing import psnr, to_rgb
+from .image_processing import to_rgb
+from .metrics import psnr
 
 DEMO_IMAGE = "astronaut.png"
 

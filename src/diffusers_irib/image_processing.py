@@ -7,7 +7,6 @@ problem instead of failing deep inside torch.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
@@ -185,9 +184,3 @@ def postprocess(images: torch.Tensor, output_type: str = "pil"):
     if output_type == "pil":
         return [PIL.Image.fromarray((a * 255.0).round().astype(np.uint8)) for a in array]
     raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
-
-
-def psnr(image: torch.Tensor, reference: torch.Tensor) -> float:
-    """Peak signal-to-noise ratio in dB of images in [0, 1]."""
-    mse = torch.mean((image.double() - reference.double()) ** 2).item()
-    return math.inf if mse == 0 else -10.0 * math.log10(mse)
