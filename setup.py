@@ -49,7 +49,10 @@ setup(
     extras_require=extras,
     entry_points={
         "console_scripts": [
-            "irib-degrade=diffusers_irib.cli:degrade_main",
+            "irib-degrade=diffusers_irib.cli.degrade:main",
+            "irib-restore=diffusers_irib.cli.restore:main",
+            "irib-demo=diffusers_irib.cli.demo:main",
+            "irib-convert-osediff=diffusers_irib.cli.convert:main",
         ]
     },
     classifiers=[

@@ -8,8 +8,13 @@ import pytest
 import torch
 from PIL import Image
 
-from diffusers_irib.cli import bundled_image_path, degrade_main, load_image
-from diffusers_irib.degradations import DegradationConfig, DegradationParams, RealESRGANDegradation
+from diffusers_irib.cli.common import bundled_image_path, load_image
+from diffusers_irib.cli.degrade import main as degrade_main
+from diffusers_irib.degradations import (
+    DegradationConfig,
+    DegradationParams,
+    RealESRGANDegradation,
+)
 
 
 def run_error(argv, capsys):
@@ -115,5 +120,5 @@ def test_output_path_that_is_a_file_is_a_clear_error(tmp_path, capsys):
 
 def test_output_dir_without_write_permission_is_a_clear_error(tmp_path, capsys, monkeypatch):
     """The permission check itself, also when the tests run as root (who may write anywhere)."""
-    monkeypatch.setattr("diffusers_irib.cli.os.access", lambda path, mode: False)
+    monkeypatch.setattr("diffusers_irib.cli.common.os.access", lambda path, mode: False)
     assert "is not writable" in run_error(["--demo", "--output-dir", str(tmp_path / "out")], capsys)

@@ -5,9 +5,21 @@ Data flow: ELQ image -> projector (one-step SD, LoRA set) -> LQ proxy -> restore
 
 __version__ = "0.1.0.dev0"
 
-from .degradations import DegradationConfig, DegradationParams, RealESRGANDegradation, degrade_pair
+from .degradations import (
+    DegradationConfig,
+    DegradationParams,
+    RealESRGANDegradation,
+    degrade_pair,
+)
 from .pipeline_irib import IRIBRestorationPipeline, IRIBRestorationPipelineOutput
-from .prompts import CaptionPrompt, CLIPTagger, EmptyPrompt, FixedPrompt, PromptExtractor, RAMTagger
+from .prompts import (
+    CaptionPrompt,
+    CLIPTagger,
+    EmptyPrompt,
+    FixedPrompt,
+    PromptExtractor,
+    RAMTagger,
+)
 
 __all__ = [
     "CLIPTagger",

@@ -24,7 +24,16 @@ from __future__ import annotations
 import inspect
 import math
 import os
-from typing import Any, Callable, Iterable, Optional, Protocol, Sequence, Union, runtime_checkable
+from typing import (
+    Any,
+    Callable,
+    Iterable,
+    Optional,
+    Protocol,
+    Sequence,
+    Union,
+    runtime_checkable,
+)
 
 import numpy as np
 import torch
@@ -552,7 +561,9 @@ def _import_ram(need_lora: bool) -> tuple[Callable[..., Any], Callable[..., Any]
     except ImportError as err:
         raise ImportError(RAM_INSTALL_HINT) from err
     try:
-        from ram.models.ram_lora import ram as build  # OSEDiff / SeeSR: RAM + LoRA, loads DAPE
+        from ram.models.ram_lora import (
+            ram as build,  # OSEDiff / SeeSR: RAM + LoRA, loads DAPE
+        )
 
         return build, inference_ram, True
     except ImportError as err:

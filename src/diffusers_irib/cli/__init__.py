@@ -1,0 +1,1 @@
+"""Console entry points: ``irib-degrade``, ``irib-restore``, ``irib-demo``, ``irib-convert-osediff``."""
