@@ -7,7 +7,8 @@ import pytest
 import torch
 from scipy import special
 
-from diffusers_irib.degradations import KERNEL_TYPES, kernels as K
+from diffusers_irib.degradations import KERNEL_TYPES
+from diffusers_irib.degradations import kernels as K
 
 
 def rotated_quadratic(k, sx, sy, theta):

@@ -41,7 +41,13 @@ def noise_images(n: int, size=(40, 48), seed: int = 0, mode: str = "RGB") -> lis
 
 @pytest.fixture(scope="module")
 def tiny_clip():
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
+    from transformers import (
+        CLIPConfig,
+        CLIPImageProcessor,
+        CLIPModel,
+        CLIPProcessor,
+        CLIPTokenizer,
+    )
 
     # Character-level byte-BPE vocabulary (no merges): every lowercase word is tokenisable.
     vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
@@ -65,7 +71,13 @@ def tiny_clip():
 
 @pytest.fixture(scope="module")
 def tiny_blip():
-    from transformers import BertTokenizer, BlipConfig, BlipForConditionalGeneration, BlipImageProcessor, BlipProcessor
+    from transformers import (
+        BertTokenizer,
+        BlipConfig,
+        BlipForConditionalGeneration,
+        BlipImageProcessor,
+        BlipProcessor,
+    )
 
     words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[DEC]", "photo", "of", "the", "cat", "dog", "on", "in"]
     words += ["house", "street", "tree", "sky", "man", "woman"] + list(string.ascii_lowercase)
