@@ -340,11 +340,48 @@ def base_architecture(unet: nn.Module, vae: Optional[nn.Module] = None) -> dict:
 # --------------------------------------------------------------------------------------------
 
 
-def _tuner_layers(model: Optional[nn.Module]) -> list:
-    if model is None:
-        return []
+@dataclass
+class _Structure:
+    """What switching needs to touch, found by one walk over the model (an 866M-parameter UNet has
+    thousands of modules: walking them on every switch cost ~70 ms of CPU per switch)."""
+
+    key: tuple
+    tuner_layers: list
+    parameters: list
+    checkpointable: list
+
+
+_STRUCTURE_ATTR = "_irib_structure"
+_GENERATION_ATTR = "_irib_generation"
+
+
+def _invalidate_structure(model: Optional[nn.Module]) -> None:
+    """Call after anything that adds or removes peft layers or parameters."""
+    if model is not None:
+        model.__dict__[_GENERATION_ATTR] = model.__dict__.get(_GENERATION_ATTR, 0) + 1
+
+
+def _structure(model: nn.Module) -> _Structure:
+    # peft's config names are part of the key, so add_adapter / unload_lora called directly on the
+    # model (outside this module) also invalidates the cache.
+    key = (model.__dict__.get(_GENERATION_ATTR, 0), tuple(_peft_config(model)))
+    cached = model.__dict__.get(_STRUCTURE_ATTR)
+    if cached is not None and cached.key == key:
+        return cached
     _, BaseTunerLayer = _peft()
-    return [m for m in model.modules() if isinstance(m, BaseTunerLayer)]
+    modules = list(model.modules())
+    structure = _Structure(
+        key=key,
+        tuner_layers=[m for m in modules if isinstance(m, BaseTunerLayer)],
+        parameters=list(model.parameters()),
+        checkpointable=[m for m in modules if hasattr(m, "gradient_checkpointing")],
+    )
+    model.__dict__[_STRUCTURE_ATTR] = structure
+    return structure
+
+
+def _tuner_layers(model: Optional[nn.Module]) -> list:
+    return [] if model is None else list(_structure(model).tuner_layers)
 
 
 def _named_tuner_layers(model: Optional[nn.Module]) -> list[tuple[str, Any]]:
@@ -366,7 +403,7 @@ def _snapshot_requires_grad(*models: Optional[nn.Module]) -> list[tuple[nn.Param
     for model in models:
         if model is None:
             continue
-        for p in model.parameters():
+        for p in _structure(model).parameters:
             if id(p) not in seen:
                 seen.add(id(p))
                 out.append((p, p.requires_grad))
@@ -476,6 +513,7 @@ def _add_conv_in(
     if bias is not None:
         bank.biases[role] = nn.Parameter(bias.detach().to(like.device, like.dtype).clone(), requires_grad=trainable)
     bank.roles.append(role)
+    _invalidate_structure(unet)
 
 
 def _remove_conv_in(unet: nn.Module, role: str) -> None:
@@ -490,6 +528,7 @@ def _remove_conv_in(unet: nn.Module, role: str) -> None:
     bank.roles.remove(role)
     if not bank.roles:
         del unet._modules[_BANK_ATTR]
+    _invalidate_structure(unet)
 
 
 def _configs(unet: nn.Module) -> dict[str, AdapterSetConfig]:
@@ -540,7 +579,7 @@ def _make_checkpointing_adapter_aware(*models: Optional[nn.Module]) -> None:
     for model in models:
         if model is None:
             continue
-        for module in model.modules():
+        for module in _structure(model).checkpointable:
             if getattr(module, "gradient_checkpointing", False) is True and (
                 getattr(module, "_gradient_checkpointing_func", None) is not _adapter_aware_checkpoint
             ):
@@ -707,6 +746,7 @@ def _inject(model: nn.Module, role: str, lora_config: Any, targets: Sequence[str
         # Several adapters on one model is the design, not an accident.
         warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute")
         model.add_adapter(lora_config, adapter_name=role)
+    _invalidate_structure(model)
     injected = set(_injected_modules(model, role))
     if injected != set(targets):
         extra, missing = sorted(injected - set(targets)), sorted(set(targets) - injected)
@@ -725,6 +765,7 @@ def _delete_from_model(model: Optional[nn.Module], role: str) -> None:
         model.delete_adapters(role)
     if not _peft_config(model):
         model.unload_lora()  # no adapter left: remove the peft wrappers, base modules come back
+    _invalidate_structure(model)
 
 
 def _adapter_params(model: Optional[nn.Module], role: str) -> list[nn.Parameter]:
@@ -880,6 +921,7 @@ def unload_adapter_sets(unet: nn.Module, vae: Optional[nn.Module]) -> None:
         for model in (unet, vae):
             if model is not None and _tuner_layers(model):
                 model.unload_lora()
+                _invalidate_structure(model)
     _configs(unet).clear()
 
 

@@ -332,7 +332,7 @@ class IRIBRestorationPipeline(DiffusionPipeline):
         for indices in groups.values():
             batch = torch.stack([images[i] for i in indices])
             user = None if prompt is None else [prompt] * len(indices) if isinstance(prompt, str) else [prompt[i] if len(prompt) > 1 else prompt[0] for i in indices]
-            out = self._restore_batch(batch, user, lfo_steps, prompt_extractor, restorer, use_projector, upscale, color_fix, generator, tile_size, tile_overlap)
+            out = self._restore_batch(batch, user, lfo_steps, prompt_extractor, restorer, use_projector, upscale, color_fix, generator, tile_size, tile_overlap, return_intermediates)
             for j, i in enumerate(indices):  # per image: its outputs, and its entry of every round
                 results[i] = {
                     "hq": out["hq"][j],
@@ -365,7 +365,7 @@ class IRIBRestorationPipeline(DiffusionPipeline):
             return (hq, lq, prompts) + ((intermediates,) if return_intermediates else ())
         return IRIBRestorationPipelineOutput(images=hq, lq_images=lq, prompts=prompts, intermediate_lq_images=intermediates)
 
-    def _restore_batch(self, batch, user_prompt, lfo_steps, extractor, restorer, use_projector, upscale, color_fix, generator, tile_size, tile_overlap) -> dict:
+    def _restore_batch(self, batch, user_prompt, lfo_steps, extractor, restorer, use_projector, upscale, color_fix, generator, tile_size, tile_overlap, keep_intermediates=False) -> dict:
         """Steps 3-7 for one batch of same-size images (B, 3, H, W) in [0, 1]."""
         device = self._execution_device
         # 3. Preprocess: upscale, pad to the VAE's multiple, map to [-1, 1]
@@ -397,7 +397,8 @@ class IRIBRestorationPipeline(DiffusionPipeline):
                             prompts = self._extract_prompts(extractor, crop01(lq), user_prompt)
                             prompts_per_round.append(prompts)
                             lq = self._one_step(latents, self.encode_prompt(prompts, device, cache), tile_size, tile_overlap)
-                            intermediates.append(crop01(lq).cpu())
+                            if keep_intermediates:
+                                intermediates.append(crop01(lq).cpu())
                             progress.update()
                 # 5. Restorer g on the LQ proxy, prompted from the LQ proxy
                 lq01 = crop01(lq)
