@@ -197,6 +197,16 @@ def _module_device_dtype(model: Any) -> tuple[torch.device, torch.dtype]:
     return torch.device("cpu"), torch.float32
 
 
+def _load_model_and_processor(model_cls, processor_cls, pretrained_model_name_or_path, device, dtype, load_kwargs: dict):
+    """A frozen, eval-mode transformers model and its processor, from a folder or a Hub id."""
+    path = os.fspath(pretrained_model_name_or_path)
+    model = model_cls.from_pretrained(path, **load_kwargs, **({"dtype": dtype} if dtype is not None else {}))
+    processor = processor_cls.from_pretrained(path, **load_kwargs)
+    if device is not None:
+        model.to(device)
+    return model.eval().requires_grad_(False), processor
+
+
 def _split_kwargs(cls: type, kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """Split ``kwargs`` into the constructor's options and the rest (for ``from_pretrained``)."""
     params = inspect.signature(cls.__init__).parameters
@@ -354,15 +364,7 @@ class CLIPTagger:
         from transformers import AutoProcessor, CLIPModel
 
         own, load_kwargs = _split_kwargs(cls, kwargs)
-        path = os.fspath(pretrained_model_name_or_path)
-        model_kwargs = dict(load_kwargs)
-        if dtype is not None:
-            model_kwargs["dtype"] = dtype
-        model = CLIPModel.from_pretrained(path, **model_kwargs)
-        processor = AutoProcessor.from_pretrained(path, **load_kwargs)
-        if device is not None:
-            model.to(device)
-        model.eval().requires_grad_(False)
+        model, processor = _load_model_and_processor(CLIPModel, AutoProcessor, pretrained_model_name_or_path, device, dtype, load_kwargs)
         return cls(model, processor, tags=list(DEFAULT_TAGS if tags is None else tags), **own)
 
     # -- scoring ------------------------------------------------------------------------------
@@ -499,15 +501,9 @@ class CaptionPrompt:
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
         own, load_kwargs = _split_kwargs(cls, kwargs)
-        path = os.fspath(pretrained_model_name_or_path)
-        model_kwargs = dict(load_kwargs)
-        if dtype is not None:
-            model_kwargs["dtype"] = dtype
-        model = AutoModelForImageTextToText.from_pretrained(path, **model_kwargs)
-        processor = AutoProcessor.from_pretrained(path, **load_kwargs)
-        if device is not None:
-            model.to(device)
-        model.eval().requires_grad_(False)
+        model, processor = _load_model_and_processor(
+            AutoModelForImageTextToText, AutoProcessor, pretrained_model_name_or_path, device, dtype, load_kwargs
+        )
         return cls(model, processor, **own)
 
     def _decode(self, ids: torch.Tensor) -> list[str]:
