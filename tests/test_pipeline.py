@@ -294,4 +294,4 @@ def test_half_precision_pipeline_runs_and_stays_close_to_fp32(pipe):
     pipe.to(dtype=torch.bfloat16)
     got = pipe(image, color_fix=None, output_type="pt").images
     assert got.dtype == torch.float32 and torch.isfinite(got).all()
-    assert (got - expected).abs().mean() < 0.1
+    assert (got - expected).abs().mean() < 0.03  # measured 0.005
