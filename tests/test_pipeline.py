@@ -295,3 +295,8 @@ def test_half_precision_pipeline_runs_and_stays_close_to_fp32(pipe):
     got = pipe(image, color_fix=None, output_type="pt").images
     assert got.dtype == torch.float32 and torch.isfinite(got).all()
     assert (got - expected).abs().mean() < 0.03  # measured 0.005
+
+
+def test_a_prompt_list_gives_each_image_its_own_prompt(pipe):
+    out = pipe([torch.rand(3, 16, 16), torch.rand(3, 8, 8), torch.rand(3, 16, 16)], prompt=["a", "b", "c"], output_type="pt")
+    assert out.prompts == [["a", "b", "c"], ["a", "b", "c"]]

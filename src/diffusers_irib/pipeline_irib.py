@@ -323,6 +323,7 @@ class IRIBRestorationPipeline(DiffusionPipeline):
         images = to_tensors(image)
         if isinstance(prompt, list) and len(prompt) not in (1, len(images)):
             raise ValueError(f"prompt has {len(prompt)} entries for {len(images)} images")
+        user_prompts = None if prompt is None else [prompt] * len(images) if isinstance(prompt, str) else prompt * (len(images) // len(prompt))
 
         # 2. Images of one size form one batch; others run one after another
         groups: dict[tuple[int, int], list[int]] = {}
@@ -331,7 +332,7 @@ class IRIBRestorationPipeline(DiffusionPipeline):
         results: list[Optional[dict]] = [None] * len(images)
         for indices in groups.values():
             batch = torch.stack([images[i] for i in indices])
-            user = None if prompt is None else [prompt] * len(indices) if isinstance(prompt, str) else [prompt[i] if len(prompt) > 1 else prompt[0] for i in indices]
+            user = None if user_prompts is None else [user_prompts[i] for i in indices]
             out = self._restore_batch(batch, user, lfo_steps, prompt_extractor, restorer, use_projector, upscale, color_fix, generator, tile_size, tile_overlap, return_intermediates)
             for j, i in enumerate(indices):  # per image: its outputs, and its entry of every round
                 results[i] = {
