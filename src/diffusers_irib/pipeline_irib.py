@@ -98,10 +98,13 @@ class IRIBRestorationPipeline(DiffusionPipeline):
         (frozen unless ``trainable=True``); ``role`` defaults to the role it was saved with."""
         return adapters.load_adapter_set(self.unet, self.vae, path_or_repo_id, role=role, **hub_kwargs)
 
-    def save_adapter_set(self, save_directory: Union[str, os.PathLike], role: str) -> str:
+    def save_adapter_set(
+        self, save_directory: Union[str, os.PathLike], role: str, config: Optional[adapters.AdapterSetConfig] = None
+    ) -> str:
         """Save one adapter set: ``pytorch_lora_weights.safetensors`` (``unet.*``/``vae.*`` keys, the
-        LoRA configs in its metadata) and ``adapter_config.json``."""
-        return adapters.save_adapter_set(self.unet, self.vae, role, save_directory)
+        LoRA configs in its metadata) and ``adapter_config.json`` (``config`` may add e.g. the
+        degradation preset a projector was trained on)."""
+        return adapters.save_adapter_set(self.unet, self.vae, role, save_directory, config)
 
     def use_adapter_set(self, role: Optional[str]):
         """Context manager: run under ``role`` (None: the bare SD prior), then restore the previous
