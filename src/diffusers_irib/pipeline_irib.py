@@ -35,7 +35,6 @@ from .one_step import decode_latents, encode_image, predict_noise, x0_from_noise
 from .prompts import check_prompts
 
 ADAPTER_SETS_DIR = "adapter_sets"
-ROLES = ("projector", "restorer")
 
 RestorerCallable = Callable[[torch.Tensor, list[str]], torch.Tensor]
 

@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
 
         pipe = make_tiny_pipeline(with_adapter_sets=True).to(device)
     else:
-        pipe = load_pipeline(args, device, dtype, parser)
+        pipe = load_pipeline(args, device, dtype)
     try:
         extractor = build_extractor(args, device)
     except (ValueError, ImportError, FileNotFoundError, OSError) as err:

@@ -63,7 +63,7 @@ def build_extractor(args, device: torch.device):
     return prompts.RAMTagger(args.extractor_model, dape_path=args.dape_checkpoint, device=device)
 
 
-def load_pipeline(args, device: torch.device, dtype: torch.dtype, parser: argparse.ArgumentParser):
+def load_pipeline(args, device: torch.device, dtype: torch.dtype):
     """Check every model first (listing all that are missing), then load the pipeline."""
     from ..pipeline_irib import IRIBRestorationPipeline
 
@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, RuntimeError) as err:
         parser.error(str(err))
 
-    pipe = load_pipeline(args, device, dtype, parser)
+    pipe = load_pipeline(args, device, dtype)
     pipe.set_progress_bar_config(disable=True)
     try:
         extractor = build_extractor(args, device)
