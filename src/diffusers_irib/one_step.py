@@ -45,12 +45,20 @@ def _alphas_cumprod(scheduler_or_alphas: AlphasLike) -> torch.Tensor:
 
 
 def _module_dtype_device(module: torch.nn.Module) -> tuple[torch.dtype, torch.device]:
-    # diffusers models expose .dtype/.device; fall back to the first parameter for anything else.
-    dtype = getattr(module, "dtype", None)
-    device = getattr(module, "device", None)
-    if dtype is None or device is None:
-        param = next(module.parameters())
-        dtype, device = param.dtype, param.device
+    """The dtype of the module's weights and the device it computes on.
+
+    With accelerate's offload hooks (``enable_model_cpu_offload``, sequential offload) the weights
+    sit on the CPU or the meta device between calls; the hook's execution device is where the
+    inputs must go, as diffusers' ``_execution_device`` does for pipelines.
+    """
+    param = next(module.parameters())
+    dtype, device = getattr(module, "dtype", param.dtype), param.device
+    hooked = getattr(module, "_hf_hook", None) is not None or device.type == "meta"
+    if hooked:
+        for sub in module.modules():
+            hook_device = getattr(getattr(sub, "_hf_hook", None), "execution_device", None)
+            if hook_device is not None:
+                return dtype, torch.device(hook_device)
     return dtype, device
 
 

@@ -17,6 +17,8 @@ import PIL.Image
 import torch
 from diffusers import AutoencoderKL, DiffusionPipeline, UNet2DConditionModel
 from diffusers.utils import BaseOutput
+from huggingface_hub import snapshot_download
+from huggingface_hub.errors import LocalEntryNotFoundError
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from . import adapters
@@ -35,6 +37,8 @@ from .one_step import decode_latents, encode_image, predict_noise, x0_from_noise
 from .prompts import check_prompts
 
 ADAPTER_SETS_DIR = "adapter_sets"
+# Hub options that describe the session (where the cache is, who is asking), not a repo's version.
+_HUB_SESSION_KEYS = ("cache_dir", "token", "local_files_only", "proxies", "force_download")
 
 RestorerCallable = Callable[[torch.Tensor, list[str]], torch.Tensor]
 
@@ -56,6 +60,29 @@ class IRIBRestorationPipelineOutput(BaseOutput):
     lq_images: Union[list[PIL.Image.Image], np.ndarray, torch.Tensor]
     prompts: list[list[str]]
     intermediate_lq_images: Optional[list[Any]] = None
+
+
+def _base_revision(kwargs: dict) -> dict:
+    return {"revision": kwargs["revision"]} if kwargs.get("revision") is not None else {}
+
+
+def _saved_adapter_sets(pretrained_model_name_or_path: str, hub_kwargs: dict) -> dict[str, str]:
+    """{role: local folder} of the sets that :meth:`IRIBRestorationPipeline.save_pretrained` put beside
+    a pipeline, from a local folder or (only those files) from a Hub repo."""
+    root = pretrained_model_name_or_path
+    if not os.path.isdir(root):
+        try:
+            root = snapshot_download(root, allow_patterns=[f"{ADAPTER_SETS_DIR}/*"], **hub_kwargs)
+        except LocalEntryNotFoundError:  # offline, and the repo's adapter_sets/ were never downloaded
+            return {}
+    sets_dir = os.path.join(root, ADAPTER_SETS_DIR)
+    if not os.path.isdir(sets_dir):
+        return {}
+    return {
+        role: os.path.join(sets_dir, role)
+        for role in sorted(os.listdir(sets_dir))
+        if os.path.isdir(os.path.join(sets_dir, role))
+    }
 
 
 class IRIBRestorationPipeline(DiffusionPipeline):
@@ -91,24 +118,43 @@ class IRIBRestorationPipeline(DiffusionPipeline):
         return adapters.add_adapter_set(self.unet, self.vae, role, rank=rank, alpha=alpha, **kwargs)
 
     def load_adapter_set(
-        self, path_or_repo_id: Union[str, os.PathLike], role: Optional[str] = None, **hub_kwargs
+        self, path_or_repo_id: Union[str, os.PathLike], role: Optional[str] = None, **kwargs
     ) -> adapters.AdapterSetConfig:
         """Load an adapter set saved with :meth:`save_adapter_set` from a folder or a Hub repo id
-        (frozen unless ``trainable=True``); ``role`` defaults to the role it was saved with."""
-        return adapters.load_adapter_set(self.unet, self.vae, path_or_repo_id, role=role, **hub_kwargs)
+        (frozen unless ``trainable=True``); ``role`` defaults to the role it was saved with. Other
+        keyword arguments (``revision``, ``token``, ``cache_dir`` ...) go to ``hf_hub_download``."""
+        return adapters.load_adapter_set(self.unet, self.vae, path_or_repo_id, role=role, **kwargs)
 
     def save_adapter_set(
         self, save_directory: Union[str, os.PathLike], role: str, config: Optional[adapters.AdapterSetConfig] = None
     ) -> str:
-        """Save one adapter set: ``pytorch_lora_weights.safetensors`` (``unet.*``/``vae.*`` keys, the
-        LoRA configs in its metadata) and ``adapter_config.json`` (``config`` may add e.g. the
-        degradation preset a projector was trained on)."""
+        """Save one adapter set as a Hub-ready folder: ``pytorch_lora_weights.safetensors``
+        (``unet.*``/``vae.*`` keys, the LoRA configs in its metadata), ``adapter_set_config.json``
+        (``config`` may add e.g. the degradation preset a projector was trained on) and a model card."""
         return adapters.save_adapter_set(self.unet, self.vae, role, save_directory, config)
 
+    def delete_adapter_set(self, role: str) -> None:
+        adapters.delete_adapter_set(self.unet, self.vae, role)
+
     def use_adapter_set(self, role: Optional[str]):
-        """Context manager: run under ``role`` (None: the bare SD prior), then restore the previous
-        adapters and every ``requires_grad`` flag, even if the body raises."""
+        """Context manager: run under ``role`` (None: the bare SD prior), then switch back; every
+        set keeps its declared trainability, even if the body raises."""
         return adapters.use_adapter_set(self.unet, self.vae, role)
+
+    def set_adapter_set_trainable(self, role: str, trainable: bool) -> None:
+        """Declare whether ``role``'s parameters are trained (kept through every switch)."""
+        adapters.set_adapter_set_trainable(self.unet, self.vae, role, trainable)
+
+    def fuse_adapter_set(self, role: str = "restorer") -> None:
+        """Merge a frozen set into the base weights for speed (as OSEDiff's ``--merge_and_unload_lora``).
+
+        Outputs stay the same; until :meth:`unfuse_adapter_set` only that set can run, so fusing the
+        restorer suits ``use_projector=False`` runs.
+        """
+        adapters.fuse_adapter_set(self.unet, self.vae, role)
+
+    def unfuse_adapter_set(self) -> None:
+        adapters.unfuse_adapter_set(self.unet, self.vae)
 
     @property
     def adapter_sets(self) -> list[str]:
@@ -121,25 +167,27 @@ class IRIBRestorationPipeline(DiffusionPipeline):
         projector: Optional[Union[str, os.PathLike]] = None,
         restorer: Optional[Union[str, os.PathLike]] = None,
         prompt_extractor: Optional[Callable] = None,
+        adapter_set_kwargs: Optional[dict] = None,
         **kwargs,
     ) -> "IRIBRestorationPipeline":
         """Load the base model, then the adapter sets.
 
-        Adapter sets saved beside a pipeline by :meth:`save_pretrained` come back automatically;
-        ``projector=`` / ``restorer=`` (folder or Hub repo id) load or replace them.
+        Adapter sets saved beside a pipeline by :meth:`save_pretrained` (``adapter_sets/<role>/``, in a
+        folder or a Hub repo) come back automatically; ``projector=`` / ``restorer=`` (folder or Hub
+        repo id) load or replace them. The base's Hub options (``revision``, ``variant`` ...) are not
+        sent to those other repos: ``adapter_set_kwargs`` (e.g. ``{"revision": ...}``) are, together
+        with ``cache_dir``, ``token``, ``local_files_only``, ``proxies`` and ``force_download``.
         """
-        hub_keys = ("cache_dir", "token", "revision", "local_files_only", "force_download", "proxies")
-        hub_kwargs = {k: kwargs[k] for k in hub_keys if k in kwargs}
         pipe = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
-        saved = os.path.join(os.fspath(pretrained_model_name_or_path), ADAPTER_SETS_DIR)
+        session = {k: kwargs[k] for k in _HUB_SESSION_KEYS if k in kwargs}
         explicit = {"projector": projector, "restorer": restorer}
-        if os.path.isdir(saved):
-            for role in sorted(os.listdir(saved)):
-                if explicit.get(role) is None and os.path.isdir(os.path.join(saved, role)):
-                    pipe.load_adapter_set(os.path.join(saved, role), role=role)
+        saved = _saved_adapter_sets(os.fspath(pretrained_model_name_or_path), {**session, **_base_revision(kwargs)})
+        for role, folder in saved.items():
+            if explicit.get(role) is None:
+                pipe.load_adapter_set(folder, role=role)
         for role, source in explicit.items():
             if source is not None:
-                pipe.load_adapter_set(source, role=role, **hub_kwargs)
+                pipe.load_adapter_set(source, role=role, **{**session, **(adapter_set_kwargs or {})})
         pipe.prompt_extractor = prompt_extractor
         return pipe
 
@@ -147,30 +195,14 @@ class IRIBRestorationPipeline(DiffusionPipeline):
         """Save the base components (never the peft-wrapped weights) and every adapter set beside
         them in ``adapter_sets/<role>/``; :meth:`from_pretrained` restores the same pipeline.
 
-        The adapters are taken off for the base save and loaded back from the saved files (same
-        values and trainability, new parameter objects): rebuild optimisers after calling it.
+        The base weights are written from the models with their peft layers detached for the
+        moment, so no parameter object changes (an optimiser keeps training the same tensors).
         """
         save_directory = os.fspath(save_directory)
-        roles = self.adapter_sets
-        active = adapters.get_active_adapter_set(self.unet) if roles else None
-        sets_dir = os.path.join(save_directory, ADAPTER_SETS_DIR)
-        for role in roles:
-            self.save_adapter_set(os.path.join(sets_dir, role), role)
-        if not roles:
+        for role in self.adapter_sets:
+            self.save_adapter_set(os.path.join(save_directory, ADAPTER_SETS_DIR, role), role)
+        with adapters.detached_peft_layers(self.unet, self.vae):
             super().save_pretrained(save_directory, **kwargs)
-            return
-        # Saving with peft layers attached writes wrapped keys that reload as random weights:
-        # take the adapters off, save the exact base, then put the saved sets back.
-        trainable = {
-            role: any(p.requires_grad for p in adapters.adapter_set_parameters(self.unet, self.vae, role)) for role in roles
-        }
-        adapters.unload_adapter_sets(self.unet, self.vae)
-        try:
-            super().save_pretrained(save_directory, **kwargs)
-        finally:
-            for role in roles:
-                self.load_adapter_set(os.path.join(sets_dir, role), role=role, trainable=trainable[role])
-            adapters.set_adapter_set(self.unet, self.vae, active)
 
     # ------------------------------------------------------------------ toggles
     def enable_vae_tiling(self) -> None:

@@ -12,7 +12,7 @@ import socket
 from dataclasses import dataclass
 from urllib.parse import urlparse
 
-from ..adapters import ADAPTER_CONFIG_NAME, DEFAULT_BASE_MODEL
+from ..adapters import DEFAULT_BASE_MODEL, LORA_WEIGHT_NAME
 
 # Where the published adapter sets will live on the Hub.
 DEFAULT_PROJECTOR = "diffusers-irib/irib-projector-sd21-elq"
@@ -42,7 +42,7 @@ class ModelSpec:
 
     @property
     def probe_file(self) -> str:
-        return "model_index.json" if self.role == "base" else ADAPTER_CONFIG_NAME
+        return "model_index.json" if self.role == "base" else LORA_WEIGHT_NAME
 
 
 @functools.lru_cache(maxsize=1)
