@@ -68,7 +68,7 @@ def test_a_saved_set_loads_into_a_plain_stable_diffusion_pipeline(pipe, role, tm
 
 
 # --------------------------------------------------------------------------- fusing
-def test_fused_restorer_gives_the_unfused_output_and_pins_the_models(pipe):
+def test_fused_restorer_gives_the_unfused_output_and_pins_the_models(pipe, tmp_path):
     restorer_only, full = restore(pipe, use_projector=False), restore(pipe)
     pipe.fuse_adapter_set("restorer")
     assert fused_adapter_set(pipe.unet, pipe.vae) == "restorer"
@@ -76,7 +76,8 @@ def test_fused_restorer_gives_the_unfused_output_and_pins_the_models(pipe):
     with pytest.raises(ValueError, match="'restorer' is fused into the base weights.*unfuse_adapter_set"):
         restore(pipe)  # the projector cannot run on fused restorer weights
     with pytest.raises(ValueError, match="unfuse them before saving"):
-        pipe.save_pretrained("unused")
+        pipe.save_pretrained(tmp_path / "saved")
+    assert not (tmp_path / "saved").exists()  # refused before anything was written
     pipe.unfuse_adapter_set()
     torch.testing.assert_close(restore(pipe), full, rtol=0, atol=1e-5)
     with pytest.raises(ValueError, match="'projector' is trainable"):

@@ -9,6 +9,7 @@ adds its training details through ``training``.
 from __future__ import annotations
 
 import importlib.resources
+import re
 import string
 from typing import Optional
 
@@ -89,7 +90,7 @@ def adapter_set_model_card(
         "training": training or "",
         "license_text": _LICENSE_TEXT.get(license, f"`{license}`"),
     }
-    text = string.Template(model_card_template()).substitute(values)
+    text = re.sub(r"\n{3,}", "\n\n", string.Template(model_card_template()).substitute(values))
     data = ModelCardData(
         base_model=base_model,
         library_name="diffusers",

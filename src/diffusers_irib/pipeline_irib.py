@@ -199,6 +199,9 @@ class IRIBRestorationPipeline(DiffusionPipeline):
         moment, so no parameter object changes (an optimiser keeps training the same tensors).
         """
         save_directory = os.fspath(save_directory)
+        fused = adapters.fused_adapter_set(self.unet, self.vae)
+        if fused is not None:  # checked before anything is written
+            raise ValueError(f"adapter set {fused!r} is fused into the base weights; unfuse them before saving")
         for role in self.adapter_sets:
             self.save_adapter_set(os.path.join(save_directory, ADAPTER_SETS_DIR, role), role)
         with adapters.detached_peft_layers(self.unet, self.vae):
