@@ -16,6 +16,7 @@ from typing import Any, Callable, Optional, Sequence, Union
 import torch
 from torch import nn
 
+from .checkpointing import set_layer_state
 from .config import DEFAULT_BASE_MODEL, INIT_VALUES, AdapterSetConfig, check_role_name
 from .conv_in import CONV_IN, conv_in_lora_options, patch_extractor
 from .registry import (
@@ -141,8 +142,7 @@ def install_adapter_set(
         for model in done:
             _delete_from_model(model, role)
         for layer, names, disabled in previous:  # peft's injection switched the active adapter
-            layer.set_adapter(names)
-            layer.enable_adapters(not disabled)
+            set_layer_state(layer, names, disabled)
         raise
     for model in (unet, vae):
         if model is not None and first[id(model)]:

@@ -179,8 +179,8 @@ def set_adapter_set(unet: nn.Module, vae: Optional[nn.Module], role: Optional[st
         for layer in tuner_layers(model):
             if role is not None and role in layer.lora_A:
                 set_layer_state(layer, [role], False)
-            elif not layer.disable_adapters:
-                layer.enable_adapters(False)
+            else:
+                set_layer_state(layer, layer.active_adapters, True)
     reassert_trainability(unet, vae)
 
 
