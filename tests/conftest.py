@@ -7,12 +7,13 @@ import os
 import pytest
 import torch
 
+# Before diffusers and huggingface_hub are imported: no test may reach a hub.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
 
-from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel  # noqa: E402
 
-from diffusers_irib.tiny import (  # noqa: F401  (re-exported for the tests)
+from diffusers_irib.tiny import (  # noqa: E402, F401  (re-exported for the tests)
     TINY_CROSS_ATTENTION_DIM,
     make_sd21_scheduler,
     make_tiny_text_encoder,
@@ -20,7 +21,7 @@ from diffusers_irib.tiny import (  # noqa: F401  (re-exported for the tests)
     make_tiny_unet,
     make_tiny_vae,
 )
-from diffusers_irib.tiny import make_tiny_pipeline as _make_tiny_pipeline
+from diffusers_irib.tiny import make_tiny_pipeline as _make_tiny_pipeline  # noqa: E402
 
 TINY_IMAGE_SIZE = 16  # pixels; the two-block VAE halves it to an 8x8 latent
 

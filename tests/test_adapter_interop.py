@@ -7,7 +7,14 @@ import socket
 
 import pytest
 import torch
-from conftest import make_sd21_scheduler, make_tiny_pipeline, make_tiny_text_encoder, make_tiny_tokenizer, make_tiny_unet, make_tiny_vae
+from conftest import (
+    make_sd21_scheduler,
+    make_tiny_pipeline,
+    make_tiny_text_encoder,
+    make_tiny_tokenizer,
+    make_tiny_unet,
+    make_tiny_vae,
+)
 from lora_reference import build_two_sets
 
 from diffusers_irib.adapters import (

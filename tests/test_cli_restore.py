@@ -5,8 +5,8 @@ import pytest
 import torch
 from conftest import make_tiny_pipeline
 from lora_reference import build_two_sets
-from PIL import Image
 from osediff_reference import make_osediff_checkpoint
+from PIL import Image
 
 from diffusers_irib import IRIBRestorationPipeline
 from diffusers_irib.cli import convert, demo, restore

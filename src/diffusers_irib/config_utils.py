@@ -11,7 +11,8 @@ import dataclasses
 import json
 import math
 import os
-from typing import Any, Mapping, TypeVar, Union
+from collections.abc import Mapping
+from typing import Any, TypeVar, Union
 
 __all__ = [
     "JSONConfigMixin",

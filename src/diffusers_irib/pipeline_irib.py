@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import inspect
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Union
+from typing import Any, Optional, Union
 
 import numpy as np
 import PIL.Image
@@ -169,7 +170,7 @@ class IRIBRestorationPipeline(DiffusionPipeline):
         prompt_extractor: Optional[Callable] = None,
         adapter_set_kwargs: Optional[dict] = None,
         **kwargs,
-    ) -> "IRIBRestorationPipeline":
+    ) -> IRIBRestorationPipeline:
         """Load the base model, then the adapter sets.
 
         Adapter sets saved beside a pipeline by :meth:`save_pretrained` (``adapter_sets/<role>/``, in a

@@ -24,13 +24,11 @@ from __future__ import annotations
 import inspect
 import math
 import os
+from collections.abc import Callable, Iterable, Sequence
 from typing import (
     Any,
-    Callable,
-    Iterable,
     Optional,
     Protocol,
-    Sequence,
     Union,
     runtime_checkable,
 )
@@ -351,7 +349,7 @@ class CLIPTagger:
         device: Union[str, torch.device, None] = None,
         dtype: Optional[torch.dtype] = None,
         **kwargs: Any,
-    ) -> "CLIPTagger":
+    ) -> CLIPTagger:
         """Load ``CLIPModel`` + ``AutoProcessor`` from a hub id or a local directory.
 
         ``tags=None`` uses :data:`DEFAULT_TAGS`. ``device=None`` leaves the model where
@@ -491,7 +489,7 @@ class CaptionPrompt:
         device: Union[str, torch.device, None] = None,
         dtype: Optional[torch.dtype] = None,
         **kwargs: Any,
-    ) -> "CaptionPrompt":
+    ) -> CaptionPrompt:
         """Load ``AutoModelForImageTextToText`` + ``AutoProcessor`` from a hub id or local dir.
 
         (transformers 5 removed ``AutoModelForVision2Seq``; BLIP maps to
@@ -643,7 +641,7 @@ class RAMTagger:
         device: Union[str, torch.device, None] = None,
         dtype: Optional[torch.dtype] = None,
         **kwargs: Any,
-    ) -> "RAMTagger":
+    ) -> RAMTagger:
         """Same as the constructor (local checkpoint files only), for symmetry with the others."""
         return cls(ram_path, dape_path, device=device, dtype=dtype, **kwargs)
 

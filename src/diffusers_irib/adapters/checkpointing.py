@@ -9,7 +9,8 @@ forward-time adapter state of its tuner layers and replays it during the recompu
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator, Optional, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any, Optional
 
 import torch
 from torch import nn

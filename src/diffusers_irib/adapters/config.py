@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Optional, Union
+from typing import Any, Optional, Union
 
 from ..config_utils import JSONConfigMixin, check_positive_int, check_positive_number, is_int
 
@@ -135,7 +136,7 @@ class AdapterSetConfig(JSONConfigMixin):
         super()._check_unknown_keys(data, unknown)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "AdapterSetConfig":
+    def from_dict(cls, data: Mapping[str, Any]) -> AdapterSetConfig:
         if isinstance(data, Mapping) and "role" not in data:
             raise ValueError("role is missing from the adapter set config")
         return super().from_dict(data)

@@ -15,7 +15,8 @@ through peft's own LoRA machinery: no patched forward, no parameters outside pef
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
+from typing import Optional
 
 import torch
 

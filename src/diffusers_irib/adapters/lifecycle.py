@@ -8,10 +8,10 @@ part). With ``conv_in`` the UNet adapter's ``conv_in`` LoRA is full-rank with a 
 from __future__ import annotations
 
 import copy
-import os
 import re
 import warnings
-from typing import Any, Callable, Optional, Sequence, Union
+from collections.abc import Callable, Sequence
+from typing import Any, Optional, Union
 
 import torch
 from torch import nn

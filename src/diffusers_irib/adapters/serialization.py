@@ -18,7 +18,8 @@ import logging
 import math
 import os
 import warnings
-from typing import Any, Iterator, Optional, Sequence, Union
+from collections.abc import Iterator, Sequence
+from typing import Any, Optional, Union
 
 import torch
 from torch import nn

@@ -11,7 +11,8 @@ until it is unfused.
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator, Optional
+from collections.abc import Iterator
+from typing import Any, Optional
 
 from torch import nn
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Iterable, Iterator, Optional, Sequence, Union
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Optional, Union
 
 from torch import nn
 
