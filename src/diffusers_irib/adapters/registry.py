@@ -17,7 +17,6 @@ from .config import AdapterSetConfig
 
 __all__ = [
     "AdapterSetRecord",
-    "adapter_parameters",
     "named_tuner_layers",
     "peft_config",
     "records",
@@ -139,15 +138,3 @@ def named_tuner_layers(model: Optional[nn.Module]) -> list[tuple[str, Any]]:
         return []
     base_tuner_layer = _base_tuner_layer()
     return [(n, m) for n, m in model.named_modules() if isinstance(m, base_tuner_layer)]
-
-
-def adapter_parameters(model: Optional[nn.Module], role: str) -> list[nn.Parameter]:
-    """Every peft parameter of adapter ``role`` on ``model`` (LoRA factors and LoRA biases)."""
-    params = []
-    for layer in tuner_layers(model):
-        for layer_name in layer.adapter_layer_names:
-            container = getattr(layer, layer_name)
-            if role in container:
-                item = container[role]
-                params.extend([item] if isinstance(item, nn.Parameter) else item.parameters())
-    return params
