@@ -22,7 +22,7 @@ from huggingface_hub import snapshot_download
 from huggingface_hub.errors import LocalEntryNotFoundError
 from transformers import CLIPTextModel, CLIPTokenizer
 
-from . import adapters
+from . import adapters, irib
 from .image_processing import (
     COLOR_FIXES,
     OUTPUT_TYPES,
@@ -34,7 +34,7 @@ from .image_processing import (
     to_tensors,
     upscale_image,
 )
-from .one_step import decode_latents, encode_image, predict_noise, x0_from_noise
+from .one_step import predict_noise
 from .prompts import check_prompts
 
 ADAPTER_SETS_DIR = "adapter_sets"
@@ -260,11 +260,6 @@ class IRIBRestorationPipeline(DiffusionPipeline):
             weight[..., y : y + th, x : x + tw] += window
         return noise / weight
 
-    def _one_step(self, latents: torch.Tensor, prompt_embeds: torch.Tensor, tile_size, tile_overlap) -> torch.Tensor:
-        """Latents of the active set's input -> decoded images in [-1, 1]."""
-        eps = self._unet_noise(latents, prompt_embeds, tile_size, tile_overlap)
-        return decode_latents(self.vae, x0_from_noise(latents, eps, self.scheduler.alphas_cumprod))
-
     def _extract_prompts(self, extractor: Optional[Callable], images: torch.Tensor, user_prompt: Optional[list[str]]) -> list[str]:
         """Prompts for one round: the user's, else the extractor's on ``images`` ([0, 1]), else ""."""
         if user_prompt is not None:
@@ -424,30 +419,33 @@ class IRIBRestorationPipeline(DiffusionPipeline):
             """[-1, 1] padded -> [0, 1] at the input size."""
             return ((x.float() + 1) / 2).clamp(0, 1)[..., :h, :w]
 
+        def noise_fn(latents: torch.Tensor, embeds: torch.Tensor) -> torch.Tensor:
+            return self._unet_noise(latents, embeds, tile_size, tile_overlap)
+
+        alphas = self.scheduler.alphas_cumprod
         try:
             with self.progress_bar(total=rounds) as progress:
                 # 4. Projector f with Look Forward Once (eqs. 20-22): encode the ELQ image once;
                 #    round 1 is prompted from the ELQ image, every later round from the last LQ proxy
                 lq = elq
                 if use_projector:
-                    with self.use_adapter_set("projector"):
-                        latents = encode_image(self.vae, elq, generator=generator)
-                        for _ in range(lfo_steps + 1):
-                            prompts = self._extract_prompts(extractor, crop01(lq), user_prompt)
-                            prompts_per_round.append(prompts)
-                            lq = self._one_step(latents, self.encode_prompt(prompts, device, cache), tile_size, tile_overlap)
-                            if keep_intermediates:
-                                intermediates.append(crop01(lq).cpu())
-                            progress.update()
+                    elq_latents = irib.encode_elq(self.unet, self.vae, elq, generator)
+                    for _ in range(lfo_steps + 1):
+                        prompts = self._extract_prompts(extractor, crop01(lq), user_prompt)
+                        prompts_per_round.append(prompts)
+                        embeds = self.encode_prompt(prompts, device, cache)
+                        lq = irib.project(self.unet, self.vae, alphas, elq_latents, embeds, noise_fn=noise_fn)
+                        if keep_intermediates:
+                            intermediates.append(crop01(lq).cpu())
+                        progress.update()
                 # 5. Restorer g on the LQ proxy, prompted from the LQ proxy
                 lq01 = crop01(lq)
                 prompts = self._extract_prompts(extractor, lq01, user_prompt)
                 prompts_per_round.append(prompts)
                 if restorer is None:
-                    with self.use_adapter_set("restorer"):
-                        embeds = self.encode_prompt(prompts, device, cache)
-                        latents = encode_image(self.vae, lq, generator=generator)
-                        hq01 = crop01(self._one_step(latents, embeds, tile_size, tile_overlap))
+                    embeds = self.encode_prompt(prompts, device, cache)
+                    out = irib.restore(self.unet, self.vae, alphas, lq, embeds, generator, noise_fn=noise_fn)
+                    hq01 = crop01(out.images)
                 else:
                     hq01 = self._run_plug_and_play(restorer, lq01, prompts)
                 progress.update()
