@@ -169,6 +169,9 @@ class IRIBObjective:
         return adapters.adapter_set_parameters(self.unet, self.vae, self.trained_role, trainable_only=True)
 
     def regularizer_parameters(self) -> list[nn.Parameter]:
+        """What the regularizer's optimiser updates; empty when the prior term is off (no regularizer)."""
+        if self.regularizer not in adapters.list_adapter_sets(self.unet):
+            return []
         return adapters.adapter_set_parameters(self.unet, self.vae, self.regularizer, trainable_only=True)
 
     # ------------------------------------------------------------------ batch
@@ -261,6 +264,8 @@ class IRIBObjective:
         generator: Optional[torch.Generator] = None,
     ) -> torch.Tensor:
         """The regularizer's epsilon loss on g's latents (by default those of the last projector step)."""
+        if self.regularizer not in adapters.list_adapter_sets(self.unet):
+            raise ValueError(f"there is no {self.regularizer!r} set: the prior term is off (prior_weight=0)")
         if latents is None or prompt_embeds is None:
             if self._latest is None:
                 raise ValueError("pass latents and prompt_embeds, or call projector_step_losses first")

@@ -9,11 +9,11 @@ its JPEG (``jpeg_range2``) is the one inside the final step.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import os
 from dataclasses import dataclass, field
 from typing import Any
+
+from ..config_utils import JSONConfigMixin, check_distribution, check_positive_int, check_probability, check_range
 
 KERNEL_TYPES = (
     "iso",
@@ -35,7 +35,7 @@ def _field(default: Any, help: str) -> Any:
 
 
 @dataclass
-class DegradationConfig:
+class DegradationConfig(JSONConfigMixin):
     """Configuration of :class:`~diffusers_irib.degradations.RealESRGANDegradation`.
 
     Use :meth:`realesrgan` (the LQ setting) or :meth:`extreme` (the ELQ setting) rather than the
@@ -87,6 +87,8 @@ class DegradationConfig:
     final_kernel_size_range: tuple[int, int] = _field((7, 21), "Odd sizes of the final sinc kernel.")
     final_resize_first_prob: float = _field(0.5, "Probability of the [resize, sinc, JPEG] order.")
 
+    config_kind = "degradation config"
+
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
@@ -98,10 +100,8 @@ class DegradationConfig:
     def _validate(self) -> None:
         if not isinstance(self.preset_name, str) or not self.preset_name:
             raise ValueError(f"preset_name must be a non-empty string, got {self.preset_name!r}")
-        if not isinstance(self.preset_version, int) or self.preset_version < 1:
-            raise ValueError(f"preset_version must be a positive integer, got {self.preset_version!r}")
-        if not isinstance(self.scale, int) or isinstance(self.scale, bool) or self.scale < 1:
-            raise ValueError(f"scale must be an integer >= 1, got {self.scale!r}")
+        check_positive_int("preset_version", self.preset_version)
+        check_positive_int("scale", self.scale)
         for name in ("resize_modes",):
             modes = getattr(self, name)
             bad = [m for m in modes if m not in RESIZE_MODES]
@@ -128,33 +128,13 @@ class DegradationConfig:
         self._check_kernel_sizes("final_kernel_size_range")
 
     def _check_probability(self, name: str) -> None:
-        p = getattr(self, name)
-        if not isinstance(p, (int, float)) or isinstance(p, bool) or not 0.0 <= p <= 1.0:
-            raise ValueError(f"{name} must be a probability in [0, 1], got {p!r}")
+        check_probability(name, getattr(self, name))
 
     def _check_range(self, name: str, positive: bool = False, nonnegative: bool = True) -> None:
-        r = getattr(self, name)
-        if len(r) != 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in r):
-            raise ValueError(f"{name} must be a (min, max) pair of numbers, got {r!r}")
-        lo, hi = r
-        if not (math.isfinite(lo) and math.isfinite(hi)):
-            raise ValueError(f"{name} must be finite, got {r!r}")
-        if lo > hi:
-            raise ValueError(f"{name} has min > max: {r!r}")
-        if positive and lo <= 0:
-            raise ValueError(f"{name} must be positive, got {r!r}")
-        if nonnegative and lo < 0:
-            raise ValueError(f"{name} must not be negative, got {r!r}")
+        check_range(name, getattr(self, name), positive=positive, nonnegative=nonnegative)
 
     def _check_distribution(self, name: str, length: int | None = None) -> None:
-        probs = getattr(self, name)
-        if length is not None and len(probs) != length:
-            raise ValueError(f"{name} must have {length} entries, got {probs!r}")
-        for p in probs:
-            if not isinstance(p, (int, float)) or isinstance(p, bool) or not 0.0 <= p <= 1.0:
-                raise ValueError(f"{name} entries must be probabilities in [0, 1], got {probs!r}")
-        if abs(sum(probs) - 1.0) > 1e-6:
-            raise ValueError(f"{name} must sum to 1, got {probs!r} (sum {sum(probs)})")
+        check_distribution(name, getattr(self, name), length)
 
     def _check_kernel_sizes(self, name: str) -> None:
         r = getattr(self, name)
@@ -183,12 +163,12 @@ class DegradationConfig:
 
     # ------------------------------------------------------------------ presets
     @classmethod
-    def realesrgan(cls) -> "DegradationConfig":
+    def realesrgan(cls) -> DegradationConfig:
         """The LQ setting: Real-ESRGAN x4plus as OSEDiff trains with it (no USM of the GT)."""
         return cls(preset_name="lq", preset_version=1)
 
     @classmethod
-    def extreme(cls) -> "DegradationConfig":
+    def extreme(cls) -> DegradationConfig:
         """The ELQ setting, version 1: wider ranges and a final scale of 16.
 
         Calibrated so that a pretrained Real-ESRGAN x4plus loses about as much PSNR from LQ to ELQ
@@ -217,39 +197,9 @@ class DegradationConfig:
         )
 
     @classmethod
-    def from_preset(cls, name: str) -> "DegradationConfig":
+    def from_preset(cls, name: str) -> DegradationConfig:
         """``"lq"`` (alias ``"realesrgan"``) or ``"elq"`` (alias ``"extreme"``)."""
         presets = {"lq": cls.realesrgan, "realesrgan": cls.realesrgan, "elq": cls.extreme, "extreme": cls.extreme}
         if name not in presets:
             raise ValueError(f"Unknown degradation preset {name!r}; choose one of {sorted(presets)}")
         return presets[name]()
-
-    # ------------------------------------------------------------------ serialisation
-    def to_dict(self) -> dict[str, Any]:
-        return {f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else v for f in dataclasses.fields(self)}
-
-    @classmethod
-    def from_dict(cls, config: dict[str, Any]) -> "DegradationConfig":
-        if not isinstance(config, dict):
-            raise TypeError(f"A degradation config must be a dict, got {type(config).__name__}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(config) - known)
-        if unknown:
-            raise ValueError(f"Unknown degradation config keys: {unknown}")
-        return cls(**config)
-
-    def to_json_string(self) -> str:
-        return json.dumps(self.to_dict(), indent=2) + "\n"
-
-    def to_json_file(self, path: str | os.PathLike) -> None:
-        with open(path, "w", encoding="utf-8") as f:
-            f.write(self.to_json_string())
-
-    @classmethod
-    def from_json_file(cls, path: str | os.PathLike) -> "DegradationConfig":
-        try:
-            with open(path, encoding="utf-8") as f:
-                config = json.load(f)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path} is not valid JSON: {err}") from err
-        return cls.from_dict(config)
