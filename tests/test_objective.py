@@ -3,7 +3,6 @@ hand-made score functions, bit-exact isolation of the adapter sets, and the chai
 
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import numpy as np
@@ -11,10 +10,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import make_tiny_pipeline
-from lora_reference import build_two_sets, randomize
+from lora_reference import build_two_sets
 from photos import photo
 
-from diffusers_irib.adapters import add_adapter_set, enable_adapter_aware_checkpointing, list_adapter_sets
+from diffusers_irib.adapters import enable_adapter_aware_checkpointing, list_adapter_sets
 from diffusers_irib.degradations import DegradationConfig, RealESRGANDegradation
 from diffusers_irib.irib import irib_forward
 from diffusers_irib.losses import (
@@ -307,59 +306,3 @@ def test_the_pipeline_runs_the_chain(pipe):
     torch.testing.assert_close(out.lq_images, ((chain.lq + 1) / 2).clamp(0, 1), rtol=0, atol=1e-6)
     torch.testing.assert_close(out.images, ((chain.hq + 1) / 2).clamp(0, 1), rtol=0, atol=1e-6)
     assert chain.hq_latents.dtype == torch.float32 and chain.hq_latents.shape == (1, 4, 8, 8)
-
-
-# --------------------------------------------------------------------------- learning
-def random_crops(names, n, size, seed) -> torch.Tensor:
-    """``n`` random ``size`` crops of each photo (downscaled 4x so a crop holds a scene, not a texture)."""
-    from PIL import Image
-    from skimage import data
-
-    rng = np.random.default_rng(seed)
-    out = []
-    for name in names:
-        array = getattr(data, name)()
-        array = np.asarray(Image.fromarray(array).resize((array.shape[1] // 4, array.shape[0] // 4), Image.BICUBIC))
-        for _ in range(n):
-            top, left = rng.integers(0, array.shape[0] - size), rng.integers(0, array.shape[1] - size)
-            out.append(torch.from_numpy(array[top : top + size, left : left + size].copy()).permute(2, 0, 1))
-    return torch.stack(out).float() / 255
-
-
-def held_out_metrics(obj, crops) -> tuple[float, float]:
-    """(LQ reconstruction, HQ L2) of z_hat = g(f(ELQ)) on fixed degradations of ``crops``."""
-    batch = obj.make_batch(crops, generator=gen(1234))
-    with torch.no_grad():
-        embeds = obj.encode_prompts(batch.prompts)
-        out = irib_forward(obj.unet, obj.vae, obj.scheduler.alphas_cumprod, batch.elq * 2 - 1, embeds)
-        z_hat = ((out.hq + 1) / 2).clamp(0, 1)
-        lq = lq_reconstruction_loss(z_hat, batch.lq, obj.lq_degradation, batch.lq_params, obj.config.lq_blur_sigma)
-    return float(lq), float(F.mse_loss(z_hat, batch.hq))
-
-
-def train_projector(steps: int, size: int = 16, batch_size: int = 2, lr: float = 1e-3, lq_scale: int = 4, elq_scale: int = 16):
-    """The full objective (LQ recon + VSD prior + HQ fidelity, regularizer steps) on real photo crops."""
-    torch.manual_seed(0)
-    pipe = make_tiny_pipeline()
-    add_adapter_set(pipe.unet, pipe.vae, "projector")  # untrained: B = 0, f starts as the base model
-    add_adapter_set(pipe.unet, pipe.vae, "restorer", conv_in=True, trainable=False)
-    randomize(pipe.unet, "restorer", 12)
-    randomize(pipe.vae, "restorer", 13)
-    obj = objective(pipe, lq_blur_sigma=1.0, hq_blur_sigma=1.0)
-    obj.lq_degradation = RealESRGANDegradation(DegradationConfig(scale=lq_scale))
-    obj.elq_degradation = RealESRGANDegradation(dataclasses.replace(DegradationConfig.extreme(), scale=elq_scale))
-    names = ("astronaut", "coffee", "chelsea")
-    train, held = random_crops(names, 8, size, seed=0), random_crops(names, 3, size, seed=1)
-    before = held_out_metrics(obj, held)
-    optimizer = torch.optim.AdamW(obj.trainable_parameters(), lr=lr)
-    reg_optimizer = torch.optim.AdamW(obj.regularizer_parameters(), lr=lr)
-    g = gen(0)
-    for _ in range(steps):
-        crops = train[torch.randint(0, len(train), (batch_size,), generator=g)]
-        obj.projector_step_losses(obj.make_batch(crops, generator=g), generator=g)["total"].backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        obj.regularizer_step_loss(generator=g).backward()
-        reg_optimizer.step()
-        reg_optimizer.zero_grad(set_to_none=True)
-    return before, held_out_metrics(obj, held)
