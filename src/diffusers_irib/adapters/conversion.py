@@ -204,7 +204,13 @@ def load_base_conv_in(base_model_name_or_path: str, **hub_kwargs: Any) -> ConvIn
     else:
         from huggingface_hub import hf_hub_download
 
-        path = hf_hub_download(base_model_name_or_path, filename, subfolder="unet", **hub_kwargs)
+        try:
+            path = hf_hub_download(base_model_name_or_path, filename, subfolder="unet", **hub_kwargs)
+        except Exception as err:  # offline, not cached, no such repo or file: say what is needed
+            raise ValueError(
+                f"the base model's conv_in is needed and {base_model_name_or_path!r} could not be read "
+                f"({type(err).__name__}); pass a local diffusers folder of the base, or download it first"
+            ) from None
     with safe_open(path, framework="pt", device="cpu") as f:
         keys = set(f.keys())
         if "conv_in.weight" not in keys:
