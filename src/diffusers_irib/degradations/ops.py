@@ -15,14 +15,22 @@ FFT_MIN_KERNEL_SIZE = 13
 
 
 # --------------------------------------------------------------------------- straight-through
+def _straight_through(x: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    """``value`` forward, identity backward. Adds exactly 0 to ``value``, so the result is bit-identical with
+    and without autograd; without a graph to build, ``value`` is returned as it is."""
+    if not (torch.is_grad_enabled() and x.requires_grad):
+        return value
+    return value.detach() + (x - x.detach())
+
+
 def ste_round(x: torch.Tensor) -> torch.Tensor:
     """round(x) forward, identity backward."""
-    return x + (torch.round(x) - x).detach()
+    return _straight_through(x, torch.round(x.detach()))
 
 
 def ste_clamp(x: torch.Tensor, low: float = 0.0, high: float = 1.0) -> torch.Tensor:
     """clamp(x) forward, identity backward (saturated pixels keep their gradient)."""
-    return x + (x.clamp(low, high) - x).detach()
+    return _straight_through(x, x.detach().clamp(low, high))
 
 
 def quantize_8bit(x: torch.Tensor) -> torch.Tensor:
