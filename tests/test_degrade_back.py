@@ -1,7 +1,7 @@
 """The degrade-back D(z; phi) as the LQ-reconstruction loss needs it (issue #7).
 
 Coupled noise (a small change of the input gives a small change of the output), exact Real-ESRGAN
-Poisson marginals, the same noise fields on every device.
+Poisson marginals, the same noise fields on every device, float32 inside, a clamp before every JPEG.
 Truths are independent of the code under test: scipy's Poisson distribution, closed-form moments,
 float64 references.
 """
@@ -16,6 +16,7 @@ import torch
 from photos import photo_batch
 
 from diffusers_irib.degradations import DegradationConfig, DegradationParams, RealESRGANDegradation, filter2d
+from diffusers_irib.degradations import pipeline as pipeline_module
 from diffusers_irib.degradations.kernels import isotropic_gaussian_kernel
 from diffusers_irib.degradations.ops import (
     UNIFORM_BITS,
@@ -245,3 +246,42 @@ def test_params_sampled_on_the_cpu_give_the_same_degradation_on_cuda():
             assert (a is None) == (b is None)
             if a is not None:
                 assert b.is_cuda and (b.cpu() == a).float().mean() > 0.999
+
+
+# --------------------------------------------------------------------------- dtypes
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+@pytest.mark.parametrize("degrade", [LQ, ELQ], ids=["lq", "elq"])
+def test_half_precision_inputs_run_in_float32_and_match(degrade, dtype):
+    y = photo_batch(64, names=("astronaut", "coffee", "chelsea")).to(dtype)
+    params = degrade.sample(3, 64, 64, generator=gen(2))
+    out = degrade(y, params)
+    assert out.dtype == dtype
+    reference = degrade(y.float(), params)  # the same image, in float32
+    assert (out.float() - reference).abs().max() <= 1 / 255
+
+
+def test_half_precision_inputs_get_gradients():
+    y = photo_batch(32, names=("astronaut",)).half().requires_grad_(True)
+    LQ(y, generator=gen(0)).float().sum().backward()
+    assert y.grad.dtype == torch.float16 and torch.isfinite(y.grad).all() and y.grad.abs().sum() > 0
+
+
+# --------------------------------------------------------------------------- clamp before JPEG
+def test_the_jpeg_never_sees_values_outside_0_1_in_either_final_order(monkeypatch):
+    seen = []
+    jpeg = pipeline_module.differentiable_jpeg
+
+    def spy(images, quality):
+        seen.append((images.min().item(), images.max().item()))
+        return jpeg(images, quality)
+
+    monkeypatch.setattr(pipeline_module, "differentiable_jpeg", spy)
+    y = photo_batch(64)
+    orders = set()
+    for degrade in (LQ, ELQ):
+        params = degrade.sample(len(y), 64, 64, generator=gen(4))
+        orders.update(params.final.resize_first)
+        degrade(y, params)
+    assert orders == {True, False}
+    assert len(seen) == 2 * 2 * len(y)  # a first-stage and a final JPEG per image
+    assert min(low for low, _ in seen) >= 0 and max(high for _, high in seen) <= 1

@@ -41,7 +41,7 @@ from .kernels import (
     sample_odd_kernel_sizes,
     sample_sinc_cutoffs,
 )
-from .ops import add_noise, filter2d, quantize_8bit, resize
+from .ops import add_noise, filter2d, quantize_8bit, resize, ste_clamp
 from .params import DegradationParams, FinalParams, StageParams
 
 
@@ -68,6 +68,11 @@ def _flags(n: int, prob: float, generator) -> list[bool]:
 
 def _resized(size: int, factor: float) -> int:
     return max(1, int(size * factor))
+
+
+def _jpeg(image: torch.Tensor, quality: torch.Tensor) -> torch.Tensor:
+    """Clamp to [0, 1], then JPEG, as Real-ESRGAN does before every JPEG (a sinc or bicubic resize overshoots)."""
+    return differentiable_jpeg(ste_clamp(image), quality)
 
 
 def _with_record_slots(params: DegradationParams) -> DegradationParams:
@@ -222,7 +227,7 @@ class RealESRGANDegradation:
         h, w = image.shape[-2:]
         image = resize(image, (_resized(h, p.resize_scale[i]), _resized(w, p.resize_scale[i])), p.resize_mode[i])
         image = self._noise(image, p, i)
-        return differentiable_jpeg(image, p.jpeg_quality[i : i + 1])
+        return _jpeg(image, p.jpeg_quality[i : i + 1])
 
     def second_stage(self, image: torch.Tensor, p: StageParams, i: int, height: int, width: int) -> torch.Tensor:
         """Optional blur, resize relative to (H / scale), noise, for sample ``i``."""
@@ -241,8 +246,8 @@ class RealESRGANDegradation:
         if p.resize_first[i]:
             image = resize(image, size, p.resize_mode[i])
             image = self._blur(image, p.sinc_kernel[i], p.kernel_size[i])
-            return differentiable_jpeg(image, quality)
-        image = differentiable_jpeg(image, quality)
+            return _jpeg(image, quality)
+        image = _jpeg(image, quality)
         image = resize(image, size, p.resize_mode[i])
         return self._blur(image, p.sinc_kernel[i], p.kernel_size[i])
 
@@ -302,7 +307,8 @@ class RealESRGANDegradation:
         (resized back to the input size, as OSEDiff trains) or (B, 3, H // scale, W // scale) with
         ``resize_back=False``, quantised to 8 bits. Differentiable w.r.t. ``images``.
 
-        The first application of ``params`` records its Poisson noise into it (see the module docstring).
+        Computes in float32 (float64 stays float64) and returns the input's dtype. The first
+        application of ``params`` records its Poisson noise into it (see the module docstring).
         """
         self._check_images(images)
         b, _, h, w = images.shape
@@ -311,9 +317,10 @@ class RealESRGANDegradation:
         self._check_params(params, images)
         original = _with_record_slots(params)
         params = params.to(images.device)
+        work = images.to(torch.promote_types(images.dtype, torch.float32))
         outputs = []
         for i in range(b):
-            x = images[i : i + 1]
+            x = work[i : i + 1]
             x = self.first_stage(x, params.first, i)
             x = self.second_stage(x, params.second, i, h, w)
             x = self.final_stage(x, params.final, i, h, w)
@@ -321,7 +328,7 @@ class RealESRGANDegradation:
                 x = resize(x, (h, w), params.final.resize_back_mode[i])
             outputs.append(quantize_8bit(x))
         _keep_records(params, original)
-        return torch.cat(outputs)
+        return torch.cat(outputs).to(images.dtype)
 
 
 @dataclass
