@@ -106,9 +106,15 @@ def block_dct_matrix(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
 
 
 def _colour_transform(x: torch.Tensor, matrix: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """``matrix @ pixel + bias`` for every pixel of (B, 3, H, W), as one 1x1 convolution (faster than einsum)."""
-    weight = matrix.to(device=x.device, dtype=x.dtype)[:, :, None, None]
-    return F.conv2d(x, weight, bias.to(device=x.device, dtype=x.dtype))
+    """``matrix @ pixel + bias`` for every pixel of (B, 3, H, W), as one batched matrix multiply.
+
+    Faster on a CPU than einsum (3x) or a 1x1 convolution, whose oneDNN path takes ~60 ms for 4 x 512 px
+    on two threads.
+    """
+    b, c, h, w = x.shape
+    matrix, bias = matrix.to(device=x.device, dtype=x.dtype), bias.to(device=x.device, dtype=x.dtype)
+    out = torch.baddbmm(bias[None, :, None].expand(b, c, 1), matrix.expand(b, c, c), x.reshape(b, c, h * w))
+    return out.reshape(b, c, h, w)
 
 
 def rgb_to_ycbcr(rgb: torch.Tensor) -> torch.Tensor:
