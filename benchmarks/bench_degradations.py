@@ -15,7 +15,7 @@ from collections import defaultdict
 
 import torch
 
-from diffusers_irib.degradations import DegradationConfig, RealESRGANDegradation
+from diffusers_irib.degradations import DegradationConfig, RealESRGANDegradation, differentiable_jpeg
 
 STAGES = ("first_stage", "second_stage", "final_stage")
 
@@ -57,6 +57,20 @@ def bench(preset: str, device: torch.device, batch: int, size: int, repeats: int
         sync(device)
         totals["total"] += time.perf_counter() - start
     return {k: v / repeats * 1000 for k, v in totals.items()}
+
+
+def jpeg_ms(device: torch.device, batch: int = 4, size: int = 512, repeats: int = 5) -> float:
+    """The JPEG simulator alone (best of ``repeats``): 4 images at 512, per-sample qualities."""
+    images = torch.rand(batch, 3, size, size, device=device)
+    quality = torch.linspace(30, 90, batch, device=device)
+    times = []
+    for _ in range(repeats + 1):
+        sync(device)
+        start = time.perf_counter()
+        differentiable_jpeg(images, quality)
+        sync(device)
+        times.append(time.perf_counter() - start)
+    return min(times[1:]) * 1000
 
 
 def unet_step_ms(device: torch.device, batch: int, size: int, dtype: torch.dtype, repeats: int = 3) -> float:
@@ -105,6 +119,8 @@ def main() -> None:
                 f"{r['final_stage']:8.1f} {back:7.1f} {r['total']:9.1f} {per_image:8.1f} {1000 / per_image:7.1f}"
             )
     print("stage columns are ms per batch; 'back' is the resize back and 8-bit rounding")
+    for name in devices:
+        print(f"{name}: JPEG simulator alone, 4 images at 512: {jpeg_ms(torch.device(name)):.1f} ms")
 
     if args.compare_unet and torch.cuda.is_available():
         device = torch.device("cuda")

@@ -95,38 +95,73 @@ def dct_matrix(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     return c.to(device=device, dtype=dtype)
 
 
+def block_dct_matrix(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """The 2-D DCT of a row-major flattened 8x8 block as one 64x64 matrix, kron(C, C).
+
+    ``blocks @ M.T`` equals ``C @ block @ C.T`` flattened; one large matrix multiply is several times
+    faster than two batched 8x8 ones. Orthonormal, so ``coeffs @ M`` is the inverse.
+    """
+    c = dct_matrix("cpu", torch.float64)
+    return torch.kron(c, c).to(device=device, dtype=dtype)
+
+
+def _colour_transform(x: torch.Tensor, matrix: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """``matrix @ pixel + bias`` for every pixel of (B, 3, H, W), as one batched matrix multiply.
+
+    Faster on a CPU than einsum (3x) or a 1x1 convolution, whose oneDNN path takes ~60 ms for 4 x 512 px
+    on two threads.
+    """
+    b, c, h, w = x.shape
+    matrix, bias = matrix.to(device=x.device, dtype=x.dtype), bias.to(device=x.device, dtype=x.dtype)
+    out = torch.baddbmm(bias[None, :, None].expand(b, c, 1), matrix.expand(b, c, c), x.reshape(b, c, h * w))
+    return out.reshape(b, c, h, w)
+
+
 def rgb_to_ycbcr(rgb: torch.Tensor) -> torch.Tensor:
     """(B, 3, H, W) RGB in 0..255 -> JFIF YCbCr in 0..255, the colour space JPEG codes."""
-    m = _RGB_TO_YCBCR.to(device=rgb.device, dtype=rgb.dtype)
-    off = _YCBCR_OFFSET.to(device=rgb.device, dtype=rgb.dtype)
-    return torch.einsum("ij,bjhw->bihw", m, rgb) + off[:, None, None]
+    return _colour_transform(rgb, _RGB_TO_YCBCR, _YCBCR_OFFSET)
 
 
 def ycbcr_to_rgb(ycc: torch.Tensor) -> torch.Tensor:
     """Inverse of :func:`rgb_to_ycbcr` (unclamped, so the caller decides how to clip)."""
-    m = _YCBCR_TO_RGB.to(device=ycc.device, dtype=ycc.dtype)
-    off = _YCBCR_OFFSET.to(device=ycc.device, dtype=ycc.dtype)
-    return torch.einsum("ij,bjhw->bihw", m, ycc - off[:, None, None])
+    return _colour_transform(ycc, _YCBCR_TO_RGB, -_YCBCR_TO_RGB @ _YCBCR_OFFSET)
 
 
-def blockify(x: torch.Tensor) -> torch.Tensor:
-    """(B, C, H, W) with H, W multiples of 8 -> (B, C, H/8, W/8, 8, 8) blocks, the DCT unit."""
+def to_blocks(x: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) with H, W multiples of 8 -> (B, C, H/8 * W/8, 64) row-major flattened 8x8 blocks."""
     b, c, h, w = x.shape
-    return x.reshape(b, c, h // 8, 8, w // 8, 8).transpose(3, 4)
+    return x.reshape(b, c, h // 8, 8, w // 8, 8).permute(0, 1, 2, 4, 3, 5).reshape(b, c, -1, 64)
 
 
-def unblockify(blocks: torch.Tensor) -> torch.Tensor:
-    """Inverse of :func:`blockify`."""
-    b, c, nh, nw = blocks.shape[:4]
-    return blocks.transpose(3, 4).reshape(b, c, nh * 8, nw * 8)
+def from_blocks(blocks: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Inverse of :func:`to_blocks`."""
+    b, c = blocks.shape[:2]
+    grid = blocks.reshape(b, c, height // 8, width // 8, 8, 8)
+    return grid.permute(0, 1, 2, 4, 3, 5).reshape(b, c, height, width)
 
 
 def _quantize_plane(plane: torch.Tensor, table: torch.Tensor, dct: torch.Tensor) -> torch.Tensor:
-    """DCT -> quantise -> dequantise -> IDCT for (B, C, H, W) planes; ``table`` is (B, 8, 8)."""
-    coeffs = dct @ blockify(plane - 128.0) @ dct.T
-    t = table[:, None, None, None]  # broadcast over channels and block grid
-    coeffs = ste_round(coeffs / t) * t
-    return unblockify(dct.T @ coeffs @ dct) + 128.0
+    """DCT -> quantise -> dequantise -> IDCT of level-shifted (B, C, H, W) planes; ``table`` is (B, 8, 8).
+
+    ``dct`` is :func:`block_dct_matrix`. The division by the table is folded into the forward matrix and
+    the multiplication into the inverse one, so the whole step is two matrix multiplies and a rounding.
+    """
+    b, _, h, w = plane.shape
+    t = table.reshape(b, 1, 64)
+    forward = (dct.T / t)[:, None]  # (B, 1, 64, 64): coefficient / table entry
+    inverse = (dct * t.transpose(1, 2))[:, None]  # (B, 1, 64, 64): dequantise, then IDCT
+    return from_blocks(ste_round(to_blocks(plane) @ forward) @ inverse, h, w)
+
+
+def _downsample2(planes: torch.Tensor) -> torch.Tensor:
+    """2x2 average pooling (4:2:0 chroma subsampling) as four strided adds, faster than ``avg_pool2d`` on CPU."""
+    return (planes[..., ::2, ::2] + planes[..., 1::2, ::2] + planes[..., ::2, 1::2] + planes[..., 1::2, 1::2]) * 0.25
+
+
+def _upsample2(planes: torch.Tensor) -> torch.Tensor:
+    """Nearest-neighbour 2x upsampling in one copy (what the chroma of a 4:2:0 JPEG gets here)."""
+    b, c, h, w = planes.shape
+    return planes[:, :, :, None, :, None].expand(b, c, h, 2, w, 2).reshape(b, c, 2 * h, 2 * w)
 
 
 def differentiable_jpeg(images: torch.Tensor, quality: torch.Tensor | float) -> torch.Tensor:
@@ -151,17 +186,17 @@ def differentiable_jpeg(images: torch.Tensor, quality: torch.Tensor | float) -> 
     luma_table, chroma_table = jpeg_quality_to_tables(quality)
     luma_table, chroma_table = luma_table.to(work), chroma_table.to(work)
 
-    x = images.to(work) * 255.0
+    x = images.to(work)
     # 16x16 MCUs: pad by edge replication like encoders do, crop back at the end.
     pad_h, pad_w = -h % 16, -w % 16
     if pad_h or pad_w:
         x = F.pad(x, (0, pad_w, 0, pad_h), mode="replicate")
 
-    ycc = rgb_to_ycbcr(x)
-    dct = dct_matrix(images.device, work)
+    # The 0..255 scale and JPEG's level shift (-128 before the DCT) are folded into the colour transforms.
+    ycc = _colour_transform(x, _RGB_TO_YCBCR * 255.0, _YCBCR_OFFSET - 128.0)
+    dct = block_dct_matrix(images.device, work)
     y = _quantize_plane(ycc[:, :1], luma_table, dct)
-    cbcr = _quantize_plane(F.avg_pool2d(ycc[:, 1:], 2), chroma_table, dct)
-    cbcr = cbcr.repeat_interleave(2, dim=2).repeat_interleave(2, dim=3)
-
-    rgb = ste_clamp(ycbcr_to_rgb(torch.cat([y, cbcr], dim=1)), 0.0, 255.0) / 255.0
-    return rgb[:, :, :h, :w].to(out_dtype).contiguous()
+    cbcr = _upsample2(_quantize_plane(_downsample2(ycc[:, 1:]), chroma_table, dct))
+    to_rgb = _YCBCR_TO_RGB / 255.0
+    rgb = _colour_transform(torch.cat([y, cbcr], dim=1), to_rgb, to_rgb @ (128.0 - _YCBCR_OFFSET))
+    return ste_clamp(rgb, 0.0, 1.0)[:, :, :h, :w].to(out_dtype).contiguous()

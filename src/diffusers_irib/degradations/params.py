@@ -10,9 +10,11 @@ import torch
 
 
 def _convert(value: Any, fn) -> Any:
-    """Apply ``fn`` to every tensor inside a (nested) params dataclass, leaving the rest."""
+    """Apply ``fn`` to every tensor inside a (nested) params dataclass or list, leaving the rest."""
     if isinstance(value, torch.Tensor):
         return fn(value)
+    if isinstance(value, list):  # a new list, so records written into a copy stay in the copy
+        return [_convert(v, fn) for v in value]
     if dataclasses.is_dataclass(value):
         return type(value)(**{f.name: _convert(getattr(value, f.name), fn) for f in dataclasses.fields(value)})
     return value
@@ -22,8 +24,26 @@ def _to_plain(value: Any) -> Any:
     if isinstance(value, torch.Tensor):
         return value.detach().cpu().tolist()
     if dataclasses.is_dataclass(value):
-        return {f.name: _to_plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        names = [f.name for f in dataclasses.fields(value) if f.name not in _NOT_PLAIN]
+        return {name: _to_plain(getattr(value, name)) for name in names}
     return value
+
+
+# Realised noise fields are image-sized: kept in memory for replay, left out of to_dict / JSON. A params
+# object restored from JSON realises them again on its first application (identically on the same image).
+_NOT_PLAIN = ("poisson_noise",)
+
+
+_POISSON_VALS = tuple(float(2**e) for e in range(9))
+
+
+def _checked_vals(values: list[float | None] | None, n: int) -> list[float | None]:
+    """Recorded Poisson vals from a dict: None (not recorded) or a power of two up to 256, one per sample."""
+    if values is None:
+        return [None] * n
+    if len(values) != n or any(v is not None and v not in _POISSON_VALS for v in values):
+        raise ValueError(f"poisson_vals must hold {n} entries, each null or a power of two up to 256, got {values}")
+    return [None if v is None else float(v) for v in values]
 
 
 class _ParamsMixin:
@@ -71,6 +91,10 @@ class StageParams(_ParamsMixin):
     gray_noise: list[bool]
     noise_seed: list[int]
     jpeg_quality: torch.Tensor | None  # (B,); None for the second stage (its JPEG is in the final step)
+    # Recorded by the first application (see DegradationParams), None until then: each Poisson sample's
+    # vals = 2^ceil(log2(#levels)) and its realised noise, (C or 1, h, w) at this stage's size.
+    poisson_vals: list[float | None] | None = None
+    poisson_noise: list[torch.Tensor | None] | None = None
 
 
 @dataclass
@@ -90,8 +114,15 @@ class FinalParams(_ParamsMixin):
 class DegradationParams(_ParamsMixin):
     """Everything :class:`RealESRGANDegradation` draws for one application to a batch.
 
-    Applying the same params again reproduces the same operator, noise included (noise fields are
-    regenerated from per-sample seeds on the image's device), which is the degrade-back D(z; phi).
+    Applying the same params again reproduces the same operator, noise included, which is the
+    degrade-back D(z; phi). Gaussian noise fields are drawn from per-sample seeds on the CPU (the same
+    on every device). Poisson noise depends on the image it is drawn on: the first application realises
+    it (counts by the inverse CDF of the seed's uniforms, so it is reproducible on any device) and
+    records the noise field and its ``vals`` in the stage's ``poisson_noise`` / ``poisson_vals``; every
+    later application adds the recorded field, as it adds the Gaussian one. So D(.; phi) is one fixed
+    operator and D(y + d; phi) - D(y; phi) is as small with Poisson noise as with Gaussian noise.
+    ``to_dict`` keeps ``vals`` but not the fields; restored params realise the fields again on their
+    first application, with the recorded ``vals`` (identically if that image is the original).
     """
 
     height: int
@@ -119,6 +150,9 @@ class DegradationParams(_ParamsMixin):
             d = dict(d)
             for key in ("kernel", "gaussian_sigma", "poisson_scale", "jpeg_quality"):
                 d[key] = tensor(d[key])
+            # records written before vals was recorded have none: the next application measures it
+            d["poisson_vals"] = _checked_vals(d.get("poisson_vals"), len(d["noise_seed"]))
+            d["poisson_noise"] = [None] * len(d["noise_seed"])
             return StageParams(**d)
 
         final = dict(params["final"])
