@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import resource
-import string
 import time
 from collections import defaultdict
 from collections.abc import Iterable
@@ -32,8 +31,7 @@ import PIL.Image
 import torch
 from diffusers import DDPMScheduler
 from diffusers.utils import logging as diffusers_logging
-from sd21_base import build_text_encoder, build_unet, build_vae
-from transformers import CLIPTokenizer
+from sd21_base import build_text_encoder, build_tokenizer, build_unet, build_vae
 
 from diffusers_irib import IRIBRestorationPipeline
 from diffusers_irib.adapters import adapter_set_parameters
@@ -46,15 +44,6 @@ COMPONENTS = ("encode", "unet", "decode", "text", "extractor")
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def make_tokenizer() -> CLIPTokenizer:
-    """Character-level CLIP tokenizer (as tests/conftest.py): 80-odd ids, 77 tokens per prompt."""
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for c in string.ascii_lowercase + string.digits + ".,'-":
-        vocab.setdefault(c, len(vocab))
-        vocab.setdefault(c + "</w>", len(vocab))
-    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
 
 
 class RoundPrompt:
@@ -139,7 +128,7 @@ def build(device: torch.device, dtype: torch.dtype) -> IRIBRestorationPipeline:
         num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False
     )
     unet, vae, text_encoder = build_unet(), build_vae(), build_text_encoder()
-    pipe = IRIBRestorationPipeline(vae=vae, text_encoder=text_encoder, tokenizer=make_tokenizer(), unet=unet, scheduler=scheduler)
+    pipe = IRIBRestorationPipeline(vae=vae, text_encoder=text_encoder, tokenizer=build_tokenizer(), unet=unet, scheduler=scheduler)
     pipe.add_adapter_set("projector")
     pipe.add_adapter_set("restorer", trainable=False)
     pipe.set_progress_bar_config(disable=True)

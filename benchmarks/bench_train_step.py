@@ -30,7 +30,7 @@ import sys
 import time
 
 import torch
-from sd21_base import build_text_encoder, build_unet, build_vae
+from sd21_base import build_text_encoder, build_tokenizer, build_unet, build_vae
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -52,10 +52,10 @@ def make_lpips(device):
     return lpips.LPIPS(net="vgg", pnet_rand=True, verbose=False).to(device).requires_grad_(False)
 
 
-def timed(fn, device) -> float:
+def timed(fn, device, *args) -> float:
     sync(device)
     start = time.perf_counter()
-    fn()
+    fn(*args)
     sync(device)
     return time.perf_counter() - start
 
@@ -81,7 +81,7 @@ def run_ours(args, device) -> dict:
     prepare(unet, vae, text_encoder, args, device)
     add_adapter_set(unet, vae, "projector")
     add_adapter_set(unet, vae, "restorer", conv_in=True, trainable=False)
-    tokenizer = CharTokenizer()
+    tokenizer = build_tokenizer()
     objective = IRIBObjective(
         unet, vae, text_encoder, tokenizer, DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012),
         config=IRIBLossConfig(prompt_dropout=0.0), lpips_fn=make_lpips(device),
@@ -91,23 +91,22 @@ def run_ours(args, device) -> dict:
     optimizer = torch.optim.AdamW(objective.trainable_parameters(), lr=5e-5)
     reg_optimizer = torch.optim.AdamW(objective.regularizer_parameters(), lr=5e-5)
     hq = torch.rand(1, 3, args.size, args.size, generator=torch.Generator().manual_seed(0))
+    def projector_step(generator):
+        batch = objective.make_batch(hq, generator=generator)
+        objective.projector_step_losses(batch, generator=generator)["total"].backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    def regularizer_step(generator):
+        objective.regularizer_step_loss(generator=generator).backward()
+        reg_optimizer.step()
+        reg_optimizer.zero_grad(set_to_none=True)
+
     times = {"projector": [], "regularizer": []}
     for step in range(args.steps):
         generator = torch.Generator().manual_seed(step)
-
-        def projector_step():
-            batch = objective.make_batch(hq, generator=generator)
-            objective.projector_step_losses(batch, generator=generator)["total"].backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-
-        def regularizer_step():
-            objective.regularizer_step_loss(generator=generator).backward()
-            reg_optimizer.step()
-            reg_optimizer.zero_grad(set_to_none=True)
-
-        times["projector"].append(timed(projector_step, device))
-        times["regularizer"].append(timed(regularizer_step, device))
+        times["projector"].append(timed(projector_step, device, generator))
+        times["regularizer"].append(timed(regularizer_step, device, generator))
     return {k: min(v) for k, v in times.items()} | {"peak_gb": peak_gb(device)}
 
 
@@ -133,7 +132,7 @@ def run_osediff(args, device) -> dict:
     cast_training_params(vae, dtype=torch.float32)
     cast_training_params(fake_unet, dtype=torch.float32)
     lpips_fn = make_lpips(device)
-    tokenizer = CharTokenizer()
+    tokenizer = build_tokenizer()
 
     def embed(prompt):
         ids = tokenizer([prompt], padding="max_length", max_length=77, return_tensors="pt").input_ids.to(device)
@@ -148,46 +147,32 @@ def run_osediff(args, device) -> dict:
     def score(unet):
         return lambda z, t, c: predict_noise(unet, z, c, t)
 
+    state = {}
+
+    def generator_step(generator):
+        with use_adapter_set(generator_unet, vae, "generator"):
+            latents = encode_image(vae, hq * 2 - 1)
+            out = one_step(generator_unet, vae, scheduler.alphas_cumprod, latents, prompt)
+        z_hat = (out.images.float() + 1) / 2
+        loss = hq_fidelity_loss(z_hat, hq, lpips_fn, l2=1.0, lpips=2.0, blur=0.0)["total"]
+        fake, real = score(fake_unet), score(real_unet)
+        loss = loss + prior_loss(out.latents, prompt, negative, fake, real, scheduler, generator=generator)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        state["latents"] = out.latents.detach()
+
+    def regularizer_step(generator):
+        regularizer_loss(state["latents"], prompt, score(fake_unet), scheduler, generator=generator).backward()
+        reg_optimizer.step()
+        reg_optimizer.zero_grad(set_to_none=True)
+
     times = {"projector": [], "regularizer": []}
     for step in range(args.steps):
         generator = torch.Generator().manual_seed(step)
-        state = {}
-
-        def generator_step():
-            with use_adapter_set(generator_unet, vae, "generator"):
-                latents = encode_image(vae, hq * 2 - 1)
-                out = one_step(generator_unet, vae, scheduler.alphas_cumprod, latents, prompt)
-            z_hat = (out.images.float() + 1) / 2
-            loss = hq_fidelity_loss(z_hat, hq, lpips_fn, l2=1.0, lpips=2.0, blur=0.0)["total"]
-            loss = loss + prior_loss(out.latents, prompt, negative, score(fake_unet), score(real_unet), scheduler, generator=generator)
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            state["latents"] = out.latents.detach()
-
-        def regularizer_step():
-            regularizer_loss(state["latents"], prompt, score(fake_unet), scheduler, generator=generator).backward()
-            reg_optimizer.step()
-            reg_optimizer.zero_grad(set_to_none=True)
-
-        times["projector"].append(timed(generator_step, device))
-        times["regularizer"].append(timed(regularizer_step, device))
+        times["projector"].append(timed(generator_step, device, generator))
+        times["regularizer"].append(timed(regularizer_step, device, generator))
     return {k: min(v) for k, v in times.items()} | {"peak_gb": peak_gb(device)}
-
-
-class CharTokenizer:
-    """A character-level CLIP tokenizer built in memory (77 tokens per prompt, as the real one)."""
-
-    def __new__(cls):
-        import string
-
-        from transformers import CLIPTokenizer
-
-        vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-        for c in string.ascii_lowercase + string.digits + ".,'-":
-            vocab.setdefault(c, len(vocab))
-            vocab.setdefault(c + "</w>", len(vocab))
-        return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
 
 
 def main() -> None:

@@ -63,3 +63,17 @@ def build_text_encoder(dtype=None, device=None):
     from transformers import CLIPTextConfig, CLIPTextModel
 
     return CLIPTextModel(CLIPTextConfig(**TEXT_ENCODER_CONFIG)).to(device=device, dtype=dtype)
+
+
+def build_tokenizer():
+    """A character-level CLIP tokenizer built in memory (as tests/conftest.py): 80-odd ids, 77 tokens
+    per prompt, so the text encoder's cost is the real one without downloading the vocabulary."""
+    import string
+
+    from transformers import CLIPTokenizer
+
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for c in string.ascii_lowercase + string.digits + ".,'-":
+        vocab.setdefault(c, len(vocab))
+        vocab.setdefault(c + "</w>", len(vocab))
+    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)

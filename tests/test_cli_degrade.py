@@ -73,7 +73,7 @@ def test_no_resize_back_writes_the_small_image(tmp_path):
 def test_any_image_mode_is_read_as_rgb(tmp_path, mode):
     base = Image.open(bundled_image_path()).resize((40, 30))
     if mode == "I;16":
-        image = Image.fromarray((np.asarray(base.convert("L"), dtype=np.uint16) * 257))
+        image = Image.fromarray(np.asarray(base.convert("L"), dtype=np.uint16) * 257)
     else:
         image = base.convert(mode)
     path = tmp_path / f"x_{mode.replace(';', '')}.png"

@@ -173,7 +173,7 @@ def test_blur_and_resize_match_autograd_gradcheck():
     assert torch.autograd.gradcheck(lambda t: filter2d(t, kernel), (x,))
     assert torch.autograd.gradcheck(lambda t: filter2d(t, small), (x,))
     for mode in ("area", "bilinear", "bicubic"):
-        assert torch.autograd.gradcheck(lambda t: F.interpolate(t, size=(5, 7), mode=mode), (x,))
+        assert torch.autograd.gradcheck(lambda t, mode=mode: F.interpolate(t, size=(5, 7), mode=mode), (x,))
 
 
 def test_quantisation_has_identity_straight_through_gradient():

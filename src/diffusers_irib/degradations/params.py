@@ -140,7 +140,7 @@ class DegradationParams(_ParamsMixin):
         return self.batch_size
 
     @classmethod
-    def from_dict(cls, params: dict[str, Any]) -> "DegradationParams":
+    def from_dict(cls, params: dict[str, Any]) -> DegradationParams:
         """Inverse of :meth:`to_dict` (tensors come back as float32 on the CPU)."""
 
         def tensor(value):
