@@ -306,3 +306,16 @@ def test_the_pipeline_runs_the_chain(pipe):
     torch.testing.assert_close(out.lq_images, ((chain.lq + 1) / 2).clamp(0, 1), rtol=0, atol=1e-6)
     torch.testing.assert_close(out.images, ((chain.hq + 1) / 2).clamp(0, 1), rtol=0, atol=1e-6)
     assert chain.hq_latents.dtype == torch.float32 and chain.hq_latents.shape == (1, 4, 8, 8)
+
+
+def test_the_objective_runs_with_lpips_own_vgg_network(pipe):
+    import lpips
+
+    # lpips' bundled linear heads on a random VGG backbone (its ImageNet weights need a download).
+    lpips_fn = lpips.LPIPS(net="vgg", pnet_rand=True, verbose=False).requires_grad_(False)
+    obj = IRIBObjective.from_pipeline(pipe, config=IRIBLossConfig(prompt_dropout=0.0), lpips_fn=lpips_fn)
+    losses = obj.projector_step_losses(obj.make_batch(photos(), generator=gen(0)), generator=gen(1))
+    assert float(losses["lpips"]) > 0
+    losses["lpips"].backward()
+    assert all(p.grad is None for p in lpips_fn.parameters())  # frozen
+    assert any(p.grad is not None and float(p.grad.abs().max()) > 0 for p in obj.trainable_parameters())
