@@ -35,7 +35,7 @@ from .image_processing import (
     upscale_image,
 )
 from .one_step import predict_noise
-from .prompts import check_prompts
+from .prompts import check_prompts, encode_text
 
 ADAPTER_SETS_DIR = "adapter_sets"
 # Hub options that describe the session (where the cache is, who is asking), not a repo's version.
@@ -229,14 +229,7 @@ class IRIBRestorationPipeline(DiffusionPipeline):
         cache = {} if cache is None else cache
         missing = [p for p in dict.fromkeys(prompts) if p not in cache]
         if missing:
-            tokens = self.tokenizer(
-                missing,
-                padding="max_length",
-                max_length=self.tokenizer.model_max_length,
-                truncation=True,
-                return_tensors="pt",
-            )
-            hidden = self.text_encoder(tokens.input_ids.to(device), return_dict=False)[0]
+            hidden = encode_text(self.tokenizer, self.text_encoder, missing, device)
             cache.update(zip(missing, hidden.unbind(0)))
         return torch.stack([cache[p] for p in prompts]).to(device)
 

@@ -38,7 +38,7 @@ from .losses import (
     regularizer_loss,
 )
 from .one_step import encode_image, predict_noise
-from .prompts import check_prompts
+from .prompts import check_prompts, encode_text
 
 __all__ = ["IRIBBatch", "IRIBLossConfig", "IRIBObjective", "OSEDIFF_NEGATIVE_PROMPT", "TRAINED_ROLE"]
 
@@ -158,6 +158,7 @@ class IRIBObjective:
             with adapters.use_adapter_set(self.unet, self.vae, None):
                 adapters.add_adapter_set(self.unet, self.vae, regularizer, vae_target_modules=[], trainable=True)
         self._latest: Optional[tuple[torch.Tensor, torch.Tensor]] = None
+        self._negative: Optional[torch.Tensor] = None
 
     @classmethod
     def from_pipeline(cls, pipe: Any, **kwargs: Any) -> IRIBObjective:
@@ -182,12 +183,14 @@ class IRIBObjective:
     @torch.no_grad()
     def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
         """CLIP last hidden states of each prompt (the text encoder is frozen)."""
-        tokens = self.tokenizer(
-            prompts, padding="max_length", max_length=self.tokenizer.model_max_length, truncation=True,
-            return_tensors="pt",
-        )  # fmt: skip
         device = next(self.text_encoder.parameters()).device
-        return self.text_encoder(tokens.input_ids.to(device), return_dict=False)[0].to(self.device)
+        return encode_text(self.tokenizer, self.text_encoder, prompts, device).to(self.device)
+
+    def _negative_embeds(self, batch_size: int) -> torch.Tensor:
+        """The negative prompt's embedding, encoded once (it never changes), repeated for the batch."""
+        if self._negative is None:
+            self._negative = self.encode_prompts([self.negative_prompt])
+        return self._negative.expand(batch_size, -1, -1)
 
     def make_batch(self, hq: torch.Tensor, generator: Optional[torch.Generator] = None) -> IRIBBatch:
         """HQ crops in [0, 1] -> the degraded pair and the (dropped-out) prompts."""
@@ -245,7 +248,7 @@ class IRIBObjective:
             )
         prior = zero
         if cfg.prior_weight:
-            negative = self.encode_prompts([self.negative_prompt] * len(batch.prompts))
+            negative = self._negative_embeds(len(batch.prompts))
             prior = prior_loss(
                 latents, embeds, negative, self._score(self.regularizer), self._score(None), self.scheduler,
                 cfg.guidance_scale, cfg.prior_timestep_range, cfg.literal_eq17, generator,
