@@ -3,6 +3,7 @@ hand-made score functions, bit-exact isolation of the adapter sets, and the chai
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -10,10 +11,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import make_tiny_pipeline
-from lora_reference import build_two_sets
-from photos import photo
+from lora_reference import build_two_sets, randomize
+from photos import photo, random_photo_crops
+from pretrained_tiny import pretrain_tiny_base
 
-from diffusers_irib.adapters import enable_adapter_aware_checkpointing, list_adapter_sets
+from diffusers_irib.adapters import add_adapter_set, enable_adapter_aware_checkpointing, list_adapter_sets
 from diffusers_irib.degradations import DegradationConfig, RealESRGANDegradation
 from diffusers_irib.irib import irib_forward
 from diffusers_irib.losses import (
@@ -319,3 +321,61 @@ def test_the_objective_runs_with_lpips_own_vgg_network(pipe):
     losses["lpips"].backward()
     assert all(p.grad is None for p in lpips_fn.parameters())  # frozen
     assert any(p.grad is not None and float(p.grad.abs().max()) > 0 for p in obj.trainable_parameters())
+
+
+# --------------------------------------------------------------------------- learning
+LEARNING_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")
+
+
+def held_out_errors(obj: IRIBObjective, crops: torch.Tensor) -> tuple[float, float]:
+    """(eq. 16 LQ reconstruction, HQ MSE) of z_hat = g(f(ELQ)) on one fixed degradation of ``crops``."""
+    batch = obj.make_batch(crops, generator=gen(1234))
+    with torch.no_grad():
+        embeds = obj.encode_prompts(batch.prompts)
+        out = irib_forward(obj.unet, obj.vae, obj.scheduler.alphas_cumprod, batch.elq * 2 - 1, embeds)
+        z_hat = ((out.hq + 1) / 2).clamp(0, 1)
+        lq = lq_reconstruction_loss(z_hat, batch.lq, obj.lq_degradation, batch.lq_params, obj.config.lq_blur_sigma)
+    return float(lq), float(F.mse_loss(z_hat, batch.hq))
+
+
+def test_200_steps_of_the_full_objective_improve_held_out_lq_reconstruction_and_hq_fidelity():
+    """The paper's training loop in miniature: f trained with LQ-recon + VSD prior + HQ fidelity (its
+    regularizer stepping after each projector step) against a frozen restorer, on real photo crops.
+
+    The base is pre-fitted first (see ``pretrained_tiny``): on a random base there is nothing to learn.
+    32 px crops use LQ x2 / ELQ x4 down-sampling, so the degraded images keep 16 / 8 px of content.
+    LPIPS is off: its VGG weights need a download. Measured: LQ-recon 0.0436 -> 0.0251, HQ MSE
+    0.0745 -> 0.0513 (-42 %, -31 %); other seeds of the same loop gave -9 % to -56 %, hence the 5 % margin.
+    """
+    crops = random_photo_crops(LEARNING_PHOTOS, 32, 32, seed=5)
+    pipe = make_tiny_pipeline()
+    pretrain_tiny_base(pipe, crops)
+    add_adapter_set(pipe.unet, pipe.vae, "projector")  # untrained: LoRA B = 0, f starts as the base
+    add_adapter_set(pipe.unet, pipe.vae, "restorer", conv_in=True, trainable=False)
+    randomize(pipe.unet, "restorer", 12, std=0.02)
+    randomize(pipe.vae, "restorer", 13, std=0.02)
+    obj = objective(pipe, lq_blur_sigma=1.0, hq_blur_sigma=1.0)  # l2 1, blur 0.5, lq 1, prior 1
+    obj.lq_degradation = RealESRGANDegradation(DegradationConfig(scale=2))
+    obj.elq_degradation = RealESRGANDegradation(dataclasses.replace(DegradationConfig.extreme(), scale=4))
+    train = random_photo_crops(LEARNING_PHOTOS, 8, 32, seed=0)
+    held_out = random_photo_crops(LEARNING_PHOTOS, 3, 32, seed=100)
+    before = held_out_errors(obj, held_out)
+
+    steps = 200
+    optimizer = torch.optim.AdamW(obj.trainable_parameters(), lr=1e-3)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: 1 - i / steps)
+    reg_optimizer = torch.optim.AdamW(obj.regularizer_parameters(), lr=1e-3)
+    g = gen(0)
+    for _ in range(steps):
+        batch = obj.make_batch(train[torch.randint(0, len(train), (2,), generator=g)], generator=g)
+        obj.projector_step_losses(batch, generator=g)["total"].backward()
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad(set_to_none=True)
+        obj.regularizer_step_loss(generator=g).backward()
+        reg_optimizer.step()
+        reg_optimizer.zero_grad(set_to_none=True)
+
+    after = held_out_errors(obj, held_out)
+    print(f"held-out LQ-recon {before[0]:.4f} -> {after[0]:.4f}, HQ MSE {before[1]:.4f} -> {after[1]:.4f}")
+    assert after[0] < 0.95 * before[0] and after[1] < 0.95 * before[1], (before, after)
