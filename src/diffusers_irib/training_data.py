@@ -21,11 +21,12 @@ import hashlib
 import io
 import os
 from collections import Counter
-from typing import Any, Iterator, Optional
+from collections.abc import Iterator
+from typing import Any, Optional
 
 import numpy as np
 import torch
-from PIL import Image, ImageFile, ImageOps
+from PIL import Image, ImageOps
 
 __all__ = [
     "SKIP_REASONS",
@@ -92,7 +93,9 @@ def decode_image(value: Any, min_size: int = 0) -> tuple[Image.Image, bool]:
     return image.convert("RGB"), converted
 
 
-def random_crop(image: Image.Image, resolution: int, rng: np.random.Generator, random_flip: bool = False) -> torch.Tensor:
+def random_crop(
+    image: Image.Image, resolution: int, rng: np.random.Generator, random_flip: bool = False
+) -> torch.Tensor:
     """A random ``resolution`` square of ``image`` as (3, R, R) float32 in [0, 1].
 
     The short side is resized up (bicubic) when it is smaller than ``resolution``; a larger image is
