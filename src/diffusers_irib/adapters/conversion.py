@@ -82,7 +82,9 @@ def _lora_factors(
         if module not in owner:
             raise ValueError(f"{which} key {key!r} is for a module that is in none of the checkpoint's target lists")
         if owner[module] != adapter:
-            raise ValueError(f"{which} key {key!r} names adapter {adapter!r}, but {module!r} belongs to {owner[module]}")
+            raise ValueError(
+                f"{which} key {key!r} names adapter {adapter!r}, but {module!r} belongs to {owner[module]}"
+            )
         rank_dim = 0 if match["ab"] == "A" else 1
         if value.ndim < 2 or value.shape[rank_dim] != rank:
             raise ValueError(f"{which} key {key!r} has shape {tuple(value.shape)}, which is not rank {rank}")
@@ -185,9 +187,15 @@ def convert_osediff_state_dict(
         vae_rank=rank_vae if rank_vae != rank_unet else None,
     )
     conv_shape = tuple(trained["weight"].shape) if has_conv_in else None
-    metadata = {"unet": lora_metadata(lora_config(rank_unet, OSEDIFF_LORA_ALPHA, unet_targets, "gaussian", conv_shape), unet_targets)}
+    metadata = {
+        "unet": lora_metadata(
+            lora_config(rank_unet, OSEDIFF_LORA_ALPHA, unet_targets, "gaussian", conv_shape), unet_targets
+        )
+    }
     if vae_targets:
-        metadata["vae"] = lora_metadata(lora_config(rank_vae, OSEDIFF_LORA_ALPHA, vae_targets, "gaussian"), vae_targets)
+        metadata["vae"] = lora_metadata(
+            lora_config(rank_vae, OSEDIFF_LORA_ALPHA, vae_targets, "gaussian"), vae_targets
+        )
     return state, config, metadata
 
 

@@ -17,6 +17,7 @@ import json
 import logging
 import math
 import os
+import re
 import warnings
 from collections.abc import Iterator, Sequence
 from typing import Any, Optional, Union
@@ -38,11 +39,20 @@ from .targets import base_architecture, check_targets_exist, lora_capable_module
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["detached_peft_layers", "load_adapter_set", "lora_metadata", "save_adapter_set", "write_adapter_set"]
+__all__ = [
+    "detached_peft_layers",
+    "load_adapter_set",
+    "load_adapter_set_weights",
+    "lora_metadata",
+    "save_adapter_set",
+    "write_adapter_set",
+]
 
 LORA_METADATA_KEY = "lora_adapter_metadata"  # the header key of diffusers' save_lora_weights
 CONFIG_METADATA_KEY = "irib_adapter_set"
 PARTS = ("unet", "vae")
+#: A saved LoRA key: "<module>.lora_A.weight", "<module>.lora_B.bias" (peft's names without the adapter).
+_PEFT_KEY = re.compile(r"(.+)\.lora_([AB])\.(weight|bias)")
 
 # LoraConfig options our sets never use; a file that sets them is not one of ours.
 _UNSUPPORTED_LORA_OPTIONS = {
@@ -107,7 +117,9 @@ def write_adapter_set(
     return save_directory
 
 
-def _checked_save_config(recorded: AdapterSetConfig, config: Optional[AdapterSetConfig], role: str) -> AdapterSetConfig:
+def _checked_save_config(
+    recorded: AdapterSetConfig, config: Optional[AdapterSetConfig], role: str
+) -> AdapterSetConfig:
     if config is None:
         return copy.deepcopy(recorded)
     config = copy.deepcopy(config)
@@ -417,3 +429,41 @@ def load_adapter_set(
             loader(vae, "vae") if config.vae_target_modules else None,
         )
     return copy.deepcopy(config)
+
+
+def load_adapter_set_weights(
+    unet: nn.Module,
+    vae: Optional[nn.Module],
+    path: Union[str, os.PathLike],
+    role: Optional[str] = None,
+    *,
+    weight_name: str = LORA_WEIGHT_NAME,
+) -> None:
+    """Copy a saved set's tensors into the set ``role`` that already exists on the models, in place.
+
+    Resuming training needs this rather than :func:`load_adapter_set`: the optimiser and DDP hold
+    the existing parameter objects, so the values must change and the objects must not. The file
+    must hold exactly the set's tensors (same targets, rank and shapes); nothing is copied otherwise.
+    """
+    unet, vae = unwrap_model(unet, "unet"), unwrap_model(vae, "vae")
+    tensors, header = _read_safetensors(_resolve(os.fspath(path), weight_name, True, {}))
+    saved = _read_config(os.fspath(path), header, {})
+    role = role or saved.role
+    config = require_role(unet, role).config
+    for name in ("rank", "alpha", "unet_target_modules", "vae_target_modules", "has_conv_in"):
+        if getattr(saved, name) != getattr(config, name):
+            raise ValueError(
+                f"{path}: {name} {getattr(saved, name)!r} differs from set {role!r} ({getattr(config, name)!r})"
+            )
+    parts = check_adapter_tensors(tensors, config, unet, vae)
+    targets = []
+    for part, model in (("unet", unet), ("vae", vae)):
+        for key, value in parts[part].items():
+            match = _PEFT_KEY.fullmatch(key)
+            if match is None:
+                raise ValueError(f"{path}: {part}.{key} is not a LoRA factor key")
+            module, factor, kind = match.groups()
+            targets.append((model.get_parameter(f"{module}.lora_{factor}.{role}.{kind}"), value))
+    with torch.no_grad():
+        for parameter, value in targets:
+            parameter.copy_(value.to(dtype=parameter.dtype, device=parameter.device))
