@@ -87,7 +87,9 @@ def test_lq_reconstruction_is_zero_at_the_target_and_has_the_finite_difference_g
     numeric, analytic = [], []
     with torch.no_grad():
         for k in range(8):  # smooth directions, large enough steps to average out 8-bit rounding
-            v = F.interpolate(torch.randn(2, 3, 4, 4, generator=gen(10 + k), dtype=torch.float64), size=(64, 64), mode="bilinear")
+            v = F.interpolate(
+                torch.randn(2, 3, 4, 4, generator=gen(10 + k), dtype=torch.float64), size=(64, 64), mode="bilinear"
+            )
             plus = lq_reconstruction_loss((z + 0.03 * v).clamp(0, 1), x_lq.double(), degrade, params, 2.0)
             minus = lq_reconstruction_loss((z - 0.03 * v).clamp(0, 1), x_lq.double(), degrade, params, 2.0)
             numeric.append((plus - minus) / 0.06)
@@ -152,7 +154,9 @@ def test_vsd_gradient_is_the_normalised_x0_difference_per_sample():
     z = latents.detach().double()
     zt = abar.sqrt() * z + (1 - abar).sqrt() * noise.double()
     eps_fake = fake(zt, t.double(), pos.double())
-    eps_real = real(zt, t.double(), neg.double()) + 7.5 * (real(zt, t.double(), pos.double()) - real(zt, t.double(), neg.double()))
+    eps_real = real(zt, t.double(), neg.double()) + 7.5 * (
+        real(zt, t.double(), pos.double()) - real(zt, t.double(), neg.double())
+    )
     x0_fake = (zt - (1 - abar).sqrt() * eps_fake) / abar.sqrt()
     x0_real = (zt - (1 - abar).sqrt() * eps_real) / abar.sqrt()
     w = (z - x0_real).abs().mean(dim=(1, 2, 3), keepdim=True)
@@ -243,7 +247,9 @@ def test_projector_gradients_are_the_same_with_gradient_checkpointing(pipe):
     plain, checkpointed = grads(False), grads(True)
     assert plain.keys() == checkpointed.keys() and plain
     for name in plain:
-        torch.testing.assert_close(checkpointed[name], plain[name], rtol=0, atol=1e-5 * float(plain[name].abs().max()) + 1e-8)
+        torch.testing.assert_close(
+            checkpointed[name], plain[name], rtol=0, atol=1e-5 * float(plain[name].abs().max()) + 1e-8
+        )
 
 
 def test_the_regularizer_learns_a_fixed_target_distribution(pipe):
@@ -289,7 +295,9 @@ def test_prompts_come_from_the_chosen_image_and_drop_out(pipe):
         return [f"tag{i}" for i in range(len(images))]
 
     obj = IRIBObjective.from_pipeline(
-        pipe, config=IRIBLossConfig(lpips_weight=0.0, prompt_source="elq", prompt_dropout=0.5), prompt_extractor=extractor
+        pipe,
+        config=IRIBLossConfig(lpips_weight=0.0, prompt_source="elq", prompt_dropout=0.5),
+        prompt_extractor=extractor,
     )
     prompts = [obj.make_batch(photos(), generator=gen(s)).prompts for s in range(20)]
     flat = [p for batch in prompts for p in batch]
@@ -379,3 +387,28 @@ def test_200_steps_of_the_full_objective_improve_held_out_lq_reconstruction_and_
     after = held_out_errors(obj, held_out)
     print(f"held-out LQ-recon {before[0]:.4f} -> {after[0]:.4f}, HQ MSE {before[1]:.4f} -> {after[1]:.4f}")
     assert after[0] < 0.95 * before[0] and after[1] < 0.95 * before[1], (before, after)
+
+
+def test_the_training_step_module_gives_the_two_backwards_gradients_in_one(pipe):
+    from diffusers_irib.training_utils import IRIBTrainingStep
+
+    obj = objective(pipe)
+    params = obj.trainable_parameters() + obj.regularizer_parameters()
+    batch = obj.make_batch(photos(), generator=gen(0))
+    g = gen(1)  # the objective's two backwards, drawing from one generator in the step's order
+    obj.projector_step_losses(batch, generator=g)["total"].backward()
+    obj.regularizer_step_loss(generator=g).backward()
+    two = [p.grad.clone() for p in params]
+    for p in params:
+        p.grad = None
+
+    step = IRIBTrainingStep(obj)
+    losses = step(batch, generator=gen(1))
+    assert set(losses) >= {"loss", "total", "regularizer", "lq_recon", "prior", "hq_fidelity"}
+    losses["loss"].backward()
+    # Every trainable parameter gets a gradient (a fresh regularizer's A gets zeros: its B is 0), so DDP
+    # can run without searching for unused parameters.
+    assert all(p.grad is not None for p in params)
+    for a, b in zip([p.grad for p in params], two):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+    assert sum(p.numel() for p in step.parameters() if p.requires_grad) == sum(p.numel() for p in params)

@@ -40,7 +40,14 @@ from .losses import (
 from .one_step import encode_image, predict_noise
 from .prompts import check_prompts, encode_text
 
-__all__ = ["IRIBBatch", "IRIBLossConfig", "IRIBObjective", "OSEDIFF_NEGATIVE_PROMPT", "TRAINED_ROLE"]
+__all__ = [
+    "IRIBBatch",
+    "IRIBLossConfig",
+    "IRIBObjective",
+    "IRIBTrainingStep",
+    "OSEDIFF_NEGATIVE_PROMPT",
+    "TRAINED_ROLE",
+]
 
 #: OSEDiff's training negative prompt: the "unconditional" branch of the prior's guidance.
 OSEDIFF_NEGATIVE_PROMPT = (
@@ -273,5 +280,34 @@ class IRIBObjective:
             if self._latest is None:
                 raise ValueError("pass latents and prompt_embeds, or call projector_step_losses first")
             latents, prompt_embeds = self._latest
-        return regularizer_loss(latents, prompt_embeds, self._score(self.regularizer), self.scheduler, generator=generator)
+        return regularizer_loss(
+            latents, prompt_embeds, self._score(self.regularizer), self.scheduler, generator=generator
+        )
 
+
+class IRIBTrainingStep(nn.Module):
+    """One training step's forward as a module, so DDP can wrap it (``accelerator.prepare``).
+
+    The UNet serves several roles inside one step, switched by adapter name on the unwrapped
+    modules, so DDP cannot wrap the UNet itself: it wraps this module, whose parameters are the UNet's
+    and the VAE's (only the trainable sets' require grad). ``forward`` returns the objective's terms
+    plus ``"regularizer"`` and ``"loss"`` = total + regularizer, for ONE backward.
+
+    One backward gives the same gradients as the objective's two (projector, then regularizer): the
+    regularizer's loss is computed on detached latents, so it reaches only the regularizer's
+    parameters, and the projector's VSD term uses the regularizer under ``no_grad``, so it reaches only
+    the projector's. Every trainable parameter therefore gets a gradient in every step, and DDP can
+    run with ``find_unused_parameters=False`` (no extra graph traversal per step).
+    """
+
+    def __init__(self, objective: IRIBObjective):
+        super().__init__()
+        self.objective = objective
+        self.unet, self.vae = objective.unet, objective.vae  # registered: DDP sees their parameters
+
+    def forward(self, batch: IRIBBatch, generator: Optional[torch.Generator] = None) -> dict[str, torch.Tensor]:
+        losses = self.objective.projector_step_losses(batch, generator=generator)
+        regularizer = losses["total"].new_zeros(())
+        if self.objective.regularizer_parameters():
+            regularizer = self.objective.regularizer_step_loss(generator=generator)
+        return {**losses, "regularizer": regularizer, "loss": losses["total"] + regularizer}
