@@ -7,6 +7,7 @@ extras = {
     "train": [
         "lpips>=0.1.4",
         "datasets>=3.0",
+        "tensorboard>=2.14",
         "bitsandbytes>=0.43; platform_system == 'Linux'",
     ],
     # Evaluation metrics that need extra packages (PSNR/SSIM live in the package itself).

@@ -81,12 +81,14 @@ def decode_image(value: Any, min_size: int = 0) -> tuple[Image.Image, bool]:
             raise BadImageError(reason, f"{path or 'bytes'}: {type(error).__name__}: {error}") from None
     if min(image.size) < min_size:
         raise BadImageError("too_small", f"{image.size[0]}x{image.size[1]} is below the {min_size}-pixel short side")
-    converted = image.mode != "RGB"
+    transparent = image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info  # alpha, or a colour key
+    converted = image.mode != "RGB" or transparent
     image = ImageOps.exif_transpose(image)
-    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit: keep the brightness (65535 -> 255)
         array = np.asarray(image, dtype=np.float64)
-        image = Image.fromarray(np.clip(array / max(array.max(), 1) * 255, 0, 255).astype(np.uint8))
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        sixteen_bit = image.mode.startswith("I;16") or array.max() > 255
+        image = Image.fromarray(np.clip(np.round(array / (257 if sixteen_bit else 1)), 0, 255).astype(np.uint8))
+    if transparent:
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))  # alpha over white
         image = Image.alpha_composite(background, rgba)
@@ -150,8 +152,9 @@ class ImageRows(torch.utils.data.Dataset):
 
     A bad row is replaced by the next good one (``i + 1``, ``i + 2`` ... wrapping around), so every
     index yields a sample and a batch keeps its size; the skips are counted in that sample. The
-    crop position of row ``i`` in epoch ``e`` is seeded by ``(seed, e, i)``, so it does not depend on
-    the worker that reads it or on where a run was resumed.
+    crop of index ``i`` in epoch ``e`` is seeded by ``(seed, e, i)`` (plus the replacement's offset),
+    so it does not depend on the worker that reads it or on where a run was resumed, and a
+    replacement is not a copy of its neighbour's crop.
     """
 
     def __init__(self, rows: Any, image_column: str, resolution: int, random_flip: bool = False, seed: int = 0,
@@ -172,7 +175,7 @@ class ImageRows(torch.utils.data.Dataset):
         skipped: Counter = Counter()
         for offset in range(len(self.rows)):
             i = (index + offset) % len(self.rows)
-            rng = np.random.default_rng([self.cropper.seed, self.epoch, i])
+            rng = np.random.default_rng([self.cropper.seed, self.epoch, index, offset])
             try:
                 return self.cropper.sample(self.rows[i], rng, i, skipped)
             except BadImageError as error:
@@ -183,7 +186,8 @@ class ImageRows(torch.utils.data.Dataset):
 class StreamedImageRows(torch.utils.data.IterableDataset):
     """Crops of a (shuffled, per-process) ``datasets.IterableDataset``; bad rows are skipped.
 
-    The n-th sample a process reads is cropped with ``(seed, epoch, rank, n)``. ``state_dict`` /
+    The n-th row a process (or DataLoader worker) reads is cropped with ``(seed, epoch, rank, worker, n)``.
+    Skips after the last good row of an epoch have no sample to be counted in and are not reported. ``state_dict`` /
     ``load_state_dict`` pass through to ``datasets``, which restores the shard positions but not
     the shuffle buffer (and, with DataLoader workers, only through a stateful loader).
     """
@@ -208,6 +212,7 @@ class StreamedImageRows(torch.utils.data.IterableDataset):
         info = torch.utils.data.get_worker_info()
         worker = info.id if info is not None else 0
         skipped: Counter = Counter()
+        yielded = 0
         for n, row in enumerate(self.rows):
             rng = np.random.default_rng([self.cropper.seed, self.epoch, self.rank, worker, n])
             try:
@@ -215,8 +220,10 @@ class StreamedImageRows(torch.utils.data.IterableDataset):
             except BadImageError as error:
                 skipped[error.reason] += 1
                 continue
-            skipped = Counter()
+            skipped, yielded = Counter(), yielded + 1
             yield sample
+        if not yielded and skipped:  # an epoch of bad rows would otherwise loop forever on nothing
+            raise RuntimeError(f"no readable image in this process's part of the stream ({dict(skipped)} skipped)")
 
 
 def collate_images(samples: list[dict]) -> dict:

