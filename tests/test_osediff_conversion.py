@@ -85,7 +85,8 @@ def test_conversion_refuses_real_conflicts_only(osediff, tmp_path):
         "overlap": dict(checkpoint, unet_lora_others_modules=checkpoint["unet_lora_others_modules"] + [encoder[1]]),
         "rank_vae": {k: v for k, v in checkpoint.items() if k != "rank_vae"},
         "none of the checkpoint's target lists": dict(
-            checkpoint, vae_lora_encoder_modules=[m for m in checkpoint["vae_lora_encoder_modules"] if m != "quant_conv"]
+            checkpoint,
+            vae_lora_encoder_modules=[m for m in checkpoint["vae_lora_encoder_modules"] if m != "quant_conv"],
         ),
         "unexpected key": dict(
             checkpoint, state_dict_vae={**checkpoint["state_dict_vae"], "decoder.conv_in.weight": torch.zeros(1)}
@@ -100,6 +101,12 @@ def test_conversion_refuses_real_conflicts_only(osediff, tmp_path):
         "not rank 2": dict(checkpoint, rank_unet=2, rank_vae=4),
         "lacks the LoRA factors": dict(
             checkpoint, unet_lora_others_modules=checkpoint["unet_lora_others_modules"] + ["down_blocks.0.nonexistent"]
+        ),
+        "NaN/Inf": dict(  # a diverged checkpoint: every output would be NaN
+            checkpoint,
+            state_dict_vae={
+                k: v * float("nan") if i == 0 else v for i, (k, v) in enumerate(checkpoint["state_dict_vae"].items())
+            },
         ),
     }
     for message, broken in bad.items():
@@ -119,11 +126,16 @@ def test_conversion_reads_the_base_conv_in_from_a_base_folder(osediff, tmp_path)
     _, _, checkpoint = osediff
     torch.save(checkpoint, tmp_path / "osediff.pkl")
     make_tiny_pipeline().save_pretrained(tmp_path / "base")
-    convert_osediff_checkpoint(tmp_path / "osediff.pkl", tmp_path / "a", base_model_name_or_path=str(tmp_path / "base"))
+    convert_osediff_checkpoint(
+        tmp_path / "osediff.pkl", tmp_path / "a", base_model_name_or_path=str(tmp_path / "base")
+    )
     convert_osediff_checkpoint(tmp_path / "osediff.pkl", tmp_path / "b", make_tiny_unet(), make_tiny_vae())
     from safetensors.torch import load_file
 
-    a, b = load_file(tmp_path / "a" / "pytorch_lora_weights.safetensors"), load_file(tmp_path / "b" / "pytorch_lora_weights.safetensors")
+    a, b = (
+        load_file(tmp_path / "a" / "pytorch_lora_weights.safetensors"),
+        load_file(tmp_path / "b" / "pytorch_lora_weights.safetensors"),
+    )
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     with pytest.raises(ValueError, match="no fp32 UNet safetensors"):
         convert_osediff_checkpoint(tmp_path / "osediff.pkl", tmp_path / "c", base_model_name_or_path=str(tmp_path))

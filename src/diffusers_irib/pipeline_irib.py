@@ -23,6 +23,7 @@ from huggingface_hub.errors import LocalEntryNotFoundError
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from . import adapters, irib
+from .file_utils import staged_folder
 from .image_processing import (
     COLOR_FIXES,
     OUTPUT_TYPES,
@@ -187,8 +188,9 @@ class IRIBRestorationPipeline(DiffusionPipeline):
             if explicit.get(role) is None:
                 pipe.load_adapter_set(folder, role=role)
         for role, source in explicit.items():
-            if source is not None:
-                pipe.load_adapter_set(source, role=role, **{**session, **(adapter_set_kwargs or {})})
+            if source is not None:  # projector= must hold a projector set (a restorer folder is a mistake)
+                hub = {**session, **(adapter_set_kwargs or {})}
+                pipe.load_adapter_set(source, role=role, expected_role=role, **hub)
         pipe.prompt_extractor = prompt_extractor
         return pipe
 
@@ -203,10 +205,15 @@ class IRIBRestorationPipeline(DiffusionPipeline):
         fused = adapters.fused_adapter_set(self.unet, self.vae)
         if fused is not None:  # checked before anything is written
             raise ValueError(f"adapter set {fused!r} is fused into the base weights; unfuse them before saving")
-        for role in self.adapter_sets:
-            self.save_adapter_set(os.path.join(save_directory, ADAPTER_SETS_DIR, role), role)
-        with adapters.detached_peft_layers(self.unet, self.vae):
-            super().save_pretrained(save_directory, **kwargs)
+        if kwargs.get("push_to_hub"):  # diffusers names the repo after the folder it writes: the real one
+            kwargs.setdefault("repo_id", os.path.basename(os.path.abspath(save_directory)))
+        # Written whole into a sibling folder, then moved in: a failure leaves the previous save intact,
+        # and adapter_sets/ is replaced as a whole, so a deleted set does not come back.
+        with staged_folder(save_directory) as staging:
+            for role in self.adapter_sets:
+                self.save_adapter_set(os.path.join(staging, ADAPTER_SETS_DIR, role), role)
+            with adapters.detached_peft_layers(self.unet, self.vae):
+                super().save_pretrained(staging, **kwargs)
 
     # ------------------------------------------------------------------ toggles
     def enable_vae_tiling(self) -> None:

@@ -29,7 +29,7 @@ from torch import nn
 from .config import DEFAULT_BASE_MODEL, AdapterSetConfig
 from .conv_in import CONV_IN, conv_delta_to_lora
 from .lifecycle import base_conv_in, lora_config
-from .serialization import check_adapter_tensors, lora_metadata, write_adapter_set
+from .serialization import check_adapter_tensors, check_finite, lora_metadata, write_adapter_set
 from .targets import base_architecture, unique_in_order
 
 __all__ = ["convert_osediff_checkpoint", "convert_osediff_state_dict", "load_base_conv_in"]
@@ -114,6 +114,8 @@ def convert_osediff_state_dict(
     modules not in the lists or of other adapters, ranks or shapes that do not fit.
     """
     _check_layout(checkpoint)
+    for part in ("state_dict_unet", "state_dict_vae"):  # NaN/Inf weights would make every output NaN
+        check_finite({k: v for k, v in checkpoint[part].items() if torch.is_tensor(v)}, f"OSEDiff checkpoint {part}")
     owner: dict[str, str] = {}
     for adapter, key in _OSEDIFF_GROUPS.items():
         for module in unique_in_order(checkpoint[key]):

@@ -25,6 +25,7 @@ from typing import Any, Optional, Union
 import torch
 from torch import nn
 
+from ..file_utils import staged_folder
 from .config import (
     ADAPTER_SET_CONFIG_NAME,
     LORA_WEIGHT_NAME,
@@ -101,7 +102,6 @@ def write_adapter_set(
     from ..model_card import adapter_set_model_card
 
     save_directory = os.fspath(save_directory)
-    os.makedirs(save_directory, exist_ok=True)
     flat = {f"{part}.{k}": v for part, cfg in metadata.items() for k, v in cfg.items()}
     header = {
         "format": "pt",
@@ -110,11 +110,23 @@ def write_adapter_set(
     }
     # Clone so tensors that share storage (views) never trip safetensors' aliasing check.
     tensors = {k: v.detach().cpu().clone().contiguous() for k, v in state_dict.items()}
-    save_file(tensors, os.path.join(save_directory, weight_name), metadata=header)
-    config.to_json_file(os.path.join(save_directory, ADAPTER_SET_CONFIG_NAME))
-    if model_card:
-        adapter_set_model_card(config).save(os.path.join(save_directory, MODEL_CARD_NAME))
+    check_finite(tensors, f"adapter set {config.role!r}")
+    # All files are written, then moved in together: a failure (full disk, unwritable folder) leaves
+    # the previous set whole, never new weights beside an old config.
+    with staged_folder(save_directory) as staging:
+        save_file(tensors, os.path.join(staging, weight_name), metadata=header)
+        config.to_json_file(os.path.join(staging, ADAPTER_SET_CONFIG_NAME))
+        if model_card:
+            adapter_set_model_card(config).save(os.path.join(staging, MODEL_CARD_NAME))
     return save_directory
+
+
+def check_finite(tensors: dict[str, torch.Tensor], what: str) -> None:
+    """Refuse NaN/Inf weights, naming the first bad tensor: they would make every output NaN."""
+    for key, value in tensors.items():
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            bad = int((~torch.isfinite(value)).sum())
+            raise ValueError(f"{what}: tensor {key!r} holds {bad} NaN/Inf value(s) of {value.numel()}")
 
 
 def _checked_save_config(
@@ -239,7 +251,7 @@ def _read_safetensors(path: str) -> tuple[dict[str, torch.Tensor], dict[str, str
             metadata = dict(f.metadata() or {})
             tensors = {key: f.get_tensor(key) for key in f.keys()}
     except (SafetensorError, OSError) as err:
-        raise ValueError(f"{path} is not a readable safetensors file: {err}") from None
+        raise ValueError(f"{path} is damaged or not a safetensors file ({err})") from None
     return tensors, metadata
 
 
@@ -381,11 +393,14 @@ def load_adapter_set(
     *,
     trainable: bool = False,
     weight_name: str = LORA_WEIGHT_NAME,
+    expected_role: Optional[str] = None,
     **hub_kwargs: Any,
 ) -> AdapterSetConfig:
     """Load an adapter set from a local folder or a Hub repo (``hf_hub_download``) and activate it.
 
-    ``role`` defaults to the saved role (pass another to load e.g. a restorer twice). Everything
+    ``role`` defaults to the saved role (pass another to load e.g. a restorer twice: an explicit
+    ``role`` is an explicit override). ``expected_role`` refuses a set saved under another role
+    (``from_pretrained(projector=...)`` uses it, so a restorer folder is never taken as a projector). Everything
     is checked before touching the models: base architecture, target modules present, keys and
     LoRA shapes (rank), and that the LoraConfigs in the weights' metadata agree with the config;
     any mismatch raises ValueError. The set is frozen unless ``trainable``. The global RNG is left
@@ -395,7 +410,13 @@ def load_adapter_set(
     path_or_repo_id = os.fspath(path_or_repo_id)
     weight_file = _resolve(path_or_repo_id, weight_name, True, hub_kwargs)
     tensors, header = _read_safetensors(weight_file)
+    check_finite(tensors, weight_file)
     config = _read_config(path_or_repo_id, header, hub_kwargs)
+    if expected_role is not None and config.role != expected_role:
+        raise ValueError(
+            f"{path_or_repo_id!r} holds a {config.role!r} adapter set, not a {expected_role!r} set; to use it as "
+            f"the {expected_role} anyway, load it explicitly: load_adapter_set(path, role={expected_role!r})"
+        )
     if role is not None:
         config.role = check_role_name(role)
     role = config.role
@@ -446,7 +467,9 @@ def load_adapter_set_weights(
     must hold exactly the set's tensors (same targets, rank and shapes); nothing is copied otherwise.
     """
     unet, vae = unwrap_model(unet, "unet"), unwrap_model(vae, "vae")
-    tensors, header = _read_safetensors(_resolve(os.fspath(path), weight_name, True, {}))
+    weight_file = _resolve(os.fspath(path), weight_name, True, {})
+    tensors, header = _read_safetensors(weight_file)
+    check_finite(tensors, weight_file)
     saved = _read_config(os.fspath(path), header, {})
     role = role or saved.role
     config = require_role(unet, role).config
