@@ -99,3 +99,14 @@ def test_invalid_values_raise_naming_the_field(field, value, message):
     d[field] = value
     with pytest.raises(ValueError, match=message):
         DegradationConfig.from_dict(d)
+
+
+def test_kernel_sizes_are_capped_in_the_constructor_and_in_from_dict():
+    for build in (
+        lambda: DegradationConfig(final_kernel_size_range=(7, 999)),
+        lambda: DegradationConfig.from_dict({**DegradationConfig.extreme().to_dict(), "kernel_size_range": [7, 999]}),
+    ):
+        with pytest.raises(ValueError, match="<= 101"):
+            build()
+    with pytest.raises(ValueError, match="jpeg_range"):
+        DegradationConfig.from_dict({**DegradationConfig.extreme().to_dict(), "jpeg_range": [-5, 30]})

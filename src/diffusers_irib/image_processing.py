@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 import PIL.Image
+import PIL.ImageOps
 import torch
 import torch.nn.functional as F
 
@@ -72,8 +73,8 @@ def _torch_to_tensors(tensor: torch.Tensor) -> list[torch.Tensor]:
 
 
 def _one_to_tensors(image: Any) -> list[torch.Tensor]:
-    if isinstance(image, PIL.Image.Image):
-        return [_numpy_to_tensor(np.asarray(to_rgb(image)))]
+    if isinstance(image, PIL.Image.Image):  # EXIF orientation applied: a phone photo is not restored sideways
+        return [_numpy_to_tensor(np.asarray(to_rgb(PIL.ImageOps.exif_transpose(image))))]
     if isinstance(image, np.ndarray):
         return [_numpy_to_tensor(image)]
     if isinstance(image, torch.Tensor):

@@ -8,6 +8,7 @@ one-step models (:mod:`diffusers_irib.one_step`); the active set is switched by 
 from __future__ import annotations
 
 import inspect
+import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -270,6 +271,38 @@ class IRIBRestorationPipeline(DiffusionPipeline):
         return check_prompts(extractor(pil), len(pil))
 
     # ------------------------------------------------------------------ inputs
+    @property
+    def min_image_size(self) -> int:
+        """The smallest side (after ``upscale``) the pipeline restores: the VAE and then the UNet each
+        downsample (8 x 8 = 64 px for SD2.1); below that the UNet sees less than one pixel per level."""
+        unet_levels = len(self.unet.config.block_out_channels) - 1
+        return self.vae_scale_factor * 2**unet_levels
+
+    def check_image_sizes(self, images: list[torch.Tensor], upscale: float) -> None:
+        """Refuse images whose upscaled short side is below :attr:`min_image_size` (they gave NaN)."""
+        floor = max(self.min_image_size, 2)  # the AdaIN colour fix needs 2 pixels for a variance
+        for i, t in enumerate(images):
+            h, w = t.shape[-2:]
+            size = (max(1, round(h * upscale)), max(1, round(w * upscale)))
+            if min(size) < floor:
+                scaled = f" ({size[1]}x{size[0]} after upscale={upscale:g})" if upscale != 1 else ""
+                raise ValueError(
+                    f"image {i} is {w}x{h}{scaled}: the pipeline restores images of at least {floor} px a side "
+                    f"(the VAE downsamples by {self.vae_scale_factor}, the UNet by {floor // self.vae_scale_factor}); "
+                    "upscale it first or pass a larger upscale"
+                )
+
+    @staticmethod
+    def _per_image_generators(generator: Any, n: int) -> Any:
+        """One generator for all images, or exactly one per image (as diffusers pipelines take them)."""
+        if generator is None or isinstance(generator, torch.Generator):
+            return generator
+        if isinstance(generator, (list, tuple)) and all(isinstance(g, torch.Generator) for g in generator):
+            if len(generator) != n:
+                raise ValueError(f"got {len(generator)} generators for {n} images: pass one per image, or a single one")
+            return list(generator)
+        raise TypeError(f"generator must be a torch.Generator or a list of them, got {type(generator).__name__}")
+
     def check_inputs(self, prompt, lfo_steps, prompt_extractor, restorer, use_projector, upscale, color_fix, output_type, tile_size, tile_overlap) -> None:
         if not isinstance(lfo_steps, int) or isinstance(lfo_steps, bool) or lfo_steps < 0:
             raise ValueError(f"lfo_steps must be a non-negative integer, got {lfo_steps!r}")
@@ -281,12 +314,16 @@ class IRIBRestorationPipeline(DiffusionPipeline):
             raise TypeError(f"prompt_extractor must be callable (list of PIL images -> list of str), got {type(prompt_extractor).__name__}")
         if restorer is not None and not callable(restorer):
             raise TypeError(f"restorer must be a callable or a diffusers pipeline, got {type(restorer).__name__}")
-        if not isinstance(upscale, (int, float)) or isinstance(upscale, bool) or not upscale > 0:
-            raise ValueError(f"upscale must be a positive number, got {upscale!r}")
+        if not isinstance(use_projector, bool):
+            raise TypeError(f"use_projector must be True or False, got {use_projector!r}")
+        if not isinstance(upscale, (int, float)) or isinstance(upscale, bool) or not 0 < upscale < math.inf:
+            raise ValueError(f"upscale must be a positive, finite number, got {upscale!r}")
         if color_fix is not None and color_fix not in COLOR_FIXES:
             raise ValueError(f"color_fix must be one of {sorted(COLOR_FIXES)} or None, got {color_fix!r}")
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
+        if tile_size is None and tile_overlap is not None:
+            raise ValueError(f"tile_overlap={tile_overlap!r} was given without tile_size: tiling is off")
         if tile_size is not None:
             if not isinstance(tile_size, int) or tile_size < 8 * self.vae_scale_factor or tile_size % self.vae_scale_factor:
                 raise ValueError(f"tile_size must be a multiple of {self.vae_scale_factor} and >= {8 * self.vae_scale_factor}, got {tile_size!r}")
@@ -312,7 +349,7 @@ class IRIBRestorationPipeline(DiffusionPipeline):
         use_projector: bool = True,
         upscale: float = 1.0,
         color_fix: Optional[str] = "adain",
-        generator: Optional[torch.Generator] = None,
+        generator: Optional[Union[torch.Generator, list[torch.Generator]]] = None,
         output_type: str = "pil",
         return_dict: bool = True,
         tile_size: Optional[int] = None,
@@ -338,7 +375,8 @@ class IRIBRestorationPipeline(DiffusionPipeline):
                 restore at the input resolution, as OSEDiff).
             color_fix (`str`, *optional*, defaults to "adain"): "adain", "wavelet" or None; matches the
                 output's colours to the restorer's input.
-            generator (`torch.Generator`, *optional*): sample the VAE posterior with it (else the mean).
+            generator (`torch.Generator` or a list of them, *optional*): sample the VAE posterior with it
+                (else the mean); a list gives image i its own generator i (one per image).
             output_type (`str`, defaults to "pil"): "pil", "np" or "pt".
             return_dict (`bool`, defaults to True): return an [`IRIBRestorationPipelineOutput`] rather
                 than a tuple ``(images, lq_images, prompts)``.
@@ -350,10 +388,12 @@ class IRIBRestorationPipeline(DiffusionPipeline):
         """
         # 1. Check inputs
         prompt_extractor = prompt_extractor if prompt_extractor is not None else self.prompt_extractor
+        self.check_inputs(prompt, lfo_steps, prompt_extractor, restorer, use_projector, upscale, color_fix, output_type, tile_size, tile_overlap)
         if tile_size is not None and tile_overlap is None:
             tile_overlap = tile_size // 3 // self.vae_scale_factor * self.vae_scale_factor
-        self.check_inputs(prompt, lfo_steps, prompt_extractor, restorer, use_projector, upscale, color_fix, output_type, tile_size, tile_overlap)
         images = to_tensors(image)
+        self.check_image_sizes(images, upscale)
+        generators = self._per_image_generators(generator, len(images))
         if isinstance(prompt, list) and len(prompt) not in (1, len(images)):
             raise ValueError(f"prompt has {len(prompt)} entries for {len(images)} images")
         user_prompts = None if prompt is None else [prompt] * len(images) if isinstance(prompt, str) else prompt * (len(images) // len(prompt))
@@ -366,7 +406,8 @@ class IRIBRestorationPipeline(DiffusionPipeline):
         for indices in groups.values():
             batch = torch.stack([images[i] for i in indices])
             user = None if user_prompts is None else [user_prompts[i] for i in indices]
-            out = self._restore_batch(batch, user, lfo_steps, prompt_extractor, restorer, use_projector, upscale, color_fix, generator, tile_size, tile_overlap, return_intermediates)
+            group_generator = generators if not isinstance(generators, list) else [generators[i] for i in indices]
+            out = self._restore_batch(batch, user, lfo_steps, prompt_extractor, restorer, use_projector, upscale, color_fix, group_generator, tile_size, tile_overlap, return_intermediates)
             for j, i in enumerate(indices):  # per image: its outputs, and its entry of every round
                 results[i] = {
                     "hq": out["hq"][j],
@@ -481,4 +522,22 @@ class IRIBRestorationPipeline(DiffusionPipeline):
             )
         if out.shape[0] != images.shape[0]:
             raise ValueError(f"restorer returned {out.shape[0]} images for {images.shape[0]} inputs")
-        return out.to(images.device).clamp(0, 1)
+        return check_restorer_output(out).to(images.device).clamp(0, 1)
+
+
+#: How far outside [0, 1] a plug-and-play restorer's output may stray (rounding) before it is refused.
+RESTORER_RANGE_TOLERANCE = 1e-2
+
+
+def check_restorer_output(images: torch.Tensor) -> torch.Tensor:
+    """A plug-and-play restorer's images must be finite floats in [0, 1]: anything else would be
+    silently turned into garbage (uint8 into {0, 1}, 0..255 clamped to white, NaN passed on)."""
+    if not images.is_floating_point():
+        raise TypeError(f"restorer returned {images.dtype} images; return floats in [0, 1] (divide uint8 by 255)")
+    if not bool(torch.isfinite(images).all()):
+        raise ValueError(f"restorer returned NaN or infinite values ({int((~torch.isfinite(images)).sum())} of them)")
+    low, high = float(images.min()), float(images.max())
+    if low < -RESTORER_RANGE_TOLERANCE or high > 1 + RESTORER_RANGE_TOLERANCE:
+        hint = " (0..255? divide by 255)" if high > 2 else " ([-1, 1]? map with (x + 1) / 2)" if low < -0.5 else ""
+        raise ValueError(f"restorer returned values in [{low:.3g}, {high:.3g}], expected [0, 1]{hint}")
+    return images

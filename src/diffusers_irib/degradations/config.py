@@ -26,6 +26,9 @@ KERNEL_TYPES = (
 RESIZE_MODES = ("area", "bilinear", "bicubic")
 REALESRGAN_KERNEL_PROB = (0.45, 0.25, 0.12, 0.03, 0.12, 0.03)
 
+#: Larger blur kernels than this are not a degradation of a 512 px crop but a mistake (ELQ uses 41).
+MAX_KERNEL_SIZE = 101
+
 
 def _field(default: Any, help: str) -> Any:
     """A dataclass field carrying its help text, as peft's configs do."""
@@ -145,6 +148,8 @@ class DegradationConfig(JSONConfigMixin):
             raise ValueError(f"{name} has min > max: {r!r}")
         if lo < 1 or lo % 2 == 0 or hi % 2 == 0:
             raise ValueError(f"{name} must hold odd kernel sizes >= 1, got {r!r}")
+        if hi > MAX_KERNEL_SIZE:
+            raise ValueError(f"{name} must hold kernel sizes <= {MAX_KERNEL_SIZE} (ELQ uses up to 41), got {r!r}")
 
     def _check_kernel_families(self, list_name: str, prob_name: str) -> None:
         families = getattr(self, list_name)
