@@ -491,7 +491,7 @@ def test_load_rejects_other_base_and_duplicates(tmp_path, tiny_unet, tiny_vae):
         load_adapter_set(tiny_unet, tiny_vae, tmp_path)
     with pytest.raises(ValueError, match="not loaded"):
         save_adapter_set(tiny_unet, tiny_vae, "restorer", tmp_path / "x")
-    with pytest.raises(ValueError, match="not a directory"):
+    with pytest.raises(ValueError, match="not a folder"):
         load_adapter_set(make_tiny_unet(), make_tiny_vae(), tmp_path / "missing")
 
 

@@ -191,3 +191,34 @@ def test_a_restorer_folder_is_not_taken_as_the_projector_unless_asked_explicitly
     other = make_tiny_pipeline()
     other.load_adapter_set(tmp_path / "restorer-set", role="projector")  # an explicit override
     assert other.adapter_sets == ["projector"]
+
+
+# --------------------------------------------------------------------------- local or Hub
+def test_a_mistyped_local_path_fails_fast_naming_it_and_never_asks_the_hub(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    def no_hub(*args, **kwargs):
+        raise AssertionError("the Hub was asked")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", no_hub)
+    (tmp_path / "runs").mkdir()
+    monkeypatch.chdir(tmp_path)
+    pipe = make_tiny_pipeline()
+    for path, message in [
+        ("runs/projector", "'runs/projector' is not a folder"),  # its parent exists: a local path
+        ("./projector", "is not a folder"),
+        ("~/nowhere/projector", "is not a folder"),
+        ("a/b/c", "not a valid Hub repo id"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            pipe.load_adapter_set(path)
+
+
+def test_a_hub_id_offline_and_not_cached_fails_fast_naming_it(tmp_path, monkeypatch):
+    import time
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "cache"))
+    start = time.perf_counter()
+    with pytest.raises(ValueError, match=r"'someone/irib-projector' is not a local folder.*offline"):
+        make_tiny_pipeline().load_adapter_set("someone/irib-projector")
+    assert time.perf_counter() - start < 10  # no network retries (conftest sets HF_HUB_OFFLINE=1)

@@ -221,6 +221,25 @@ def detached_peft_layers(*models: Optional[nn.Module]) -> Iterator[None]:
 # --------------------------------------------------------------------------------------------
 
 
+def _check_hub_id(path_or_repo_id: str) -> None:
+    """Decide local versus Hub before any download, as huggingface_hub users expect: an existing folder
+    is local; a path-like string (absolute, relative, ``~``, more than one ``/``, or inside a folder
+    that exists) is a local path that is missing; only a valid ``owner/name`` id goes to the Hub."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    missing = f"{path_or_repo_id!r} is not a folder (no such directory: {os.path.abspath(os.path.expanduser(path_or_repo_id))})"
+    parent = os.path.dirname(path_or_repo_id)
+    if os.path.exists(path_or_repo_id):
+        raise ValueError(f"{path_or_repo_id!r} is not a directory holding an adapter set")
+    if path_or_repo_id.startswith((".", "/", "~")) or (parent and os.path.isdir(parent)):
+        raise ValueError(missing)
+    try:
+        validate_repo_id(path_or_repo_id)
+    except HFValidationError:
+        raise ValueError(f"{missing}, and not a valid Hub repo id either") from None
+
+
 def _resolve(path_or_repo_id: str, filename: str, required: bool, hub_kwargs: dict) -> Optional[str]:
     subfolder = hub_kwargs.get("subfolder")
     if os.path.isdir(path_or_repo_id):
@@ -230,17 +249,29 @@ def _resolve(path_or_repo_id: str, filename: str, required: bool, hub_kwargs: di
         if required:
             raise ValueError(f"{filename} not found in {os.path.join(path_or_repo_id, subfolder or '')}")
         return None
-    if os.path.exists(path_or_repo_id) or path_or_repo_id.startswith((".", "/", "~")):
-        raise ValueError(f"{path_or_repo_id!r} is not a directory holding an adapter set")
+    _check_hub_id(path_or_repo_id)
     from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError
+    from huggingface_hub.constants import is_offline_mode
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError
 
     try:
         return hf_hub_download(repo_id=path_or_repo_id, filename=filename, **hub_kwargs)
+    except LocalEntryNotFoundError:  # offline (HF_HUB_OFFLINE) or no connection, and not in the cache
+        if not required:
+            return None
+        why = "the Hub is offline (HF_HUB_OFFLINE)" if is_offline_mode() else "the Hub could not be reached"
+        raise ValueError(
+            f"{path_or_repo_id!r} is not a local folder, and as a Hub repo id its {filename} is not in the "
+            f"cache and {why}"
+        ) from None
     except EntryNotFoundError:
         if required:
-            raise
+            raise ValueError(f"the Hub repo {path_or_repo_id!r} has no {filename}: it is not an adapter set") from None
         return None
+    except RepositoryNotFoundError:
+        raise ValueError(
+            f"{path_or_repo_id!r} is neither a local folder nor a Hub repo you can access (check the name, or log in)"
+        ) from None
 
 
 def _read_safetensors(path: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
