@@ -573,6 +573,12 @@ def main(args: argparse.Namespace) -> None:
     n_params = sum(p.numel() for p in params)
     logger.info(f"training {role!r}: {n_params / 1e6:.2f} M parameters; regularizer {sum(p.numel() for p in reg_params) / 1e6:.2f} M")  # fmt: skip
 
+    dataset, loader = build_dataloader(args, accelerator)
+    data_state = DataState(dataset)
+    if args.max_train_steps is None:  # map-style data only (a stream needs --max_train_steps)
+        updates_per_epoch = math.ceil(len(loader) / accelerator.num_processes / args.gradient_accumulation_steps)
+        args.max_train_steps = args.num_train_epochs * updates_per_epoch
+
     optimizer_cls = torch.optim.AdamW
     if args.use_8bit_adam:
         import bitsandbytes as bnb
@@ -580,29 +586,25 @@ def main(args: argparse.Namespace) -> None:
         optimizer_cls = bnb.optim.AdamW8bit
     from diffusers.optimization import get_scheduler
 
+    # The prepared schedulers step once per process per update (diffusers' examples' convention).
     optimizer = optimizer_cls(params, lr=args.learning_rate, weight_decay=args.adam_weight_decay)
     optimizers = [optimizer]
-    schedulers = [get_scheduler(args.lr_scheduler, optimizer, num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
-                                num_training_steps=(args.max_train_steps or 10**9) * accelerator.num_processes)]  # fmt: skip
+    schedulers = [
+        get_scheduler(
+            args.lr_scheduler, optimizer, num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
+            num_training_steps=args.max_train_steps * accelerator.num_processes,
+        )
+    ]  # fmt: skip
     if reg_params:
-        reg_optimizer = optimizer_cls(reg_params, lr=args.regularizer_learning_rate or args.learning_rate,
-                                      weight_decay=args.adam_weight_decay)  # fmt: skip
-        optimizers.append(reg_optimizer)
-        schedulers.append(get_scheduler("constant", reg_optimizer))
-
-    dataset, loader = build_dataloader(args, accelerator)
-    data_state = DataState(dataset)
-    if not args.streaming:
-        updates_per_epoch = math.ceil(len(loader) / accelerator.num_processes / args.gradient_accumulation_steps)
-        if args.max_train_steps is None:
-            args.max_train_steps = args.num_train_epochs * updates_per_epoch
-            schedulers[0] = get_scheduler(args.lr_scheduler, optimizer,
-                                          num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
-                                          num_training_steps=args.max_train_steps * accelerator.num_processes)  # fmt: skip
+        reg_lr = args.regularizer_learning_rate or args.learning_rate
+        optimizers.append(optimizer_cls(reg_params, lr=reg_lr, weight_decay=args.adam_weight_decay))
+        schedulers.append(get_scheduler("constant", optimizers[-1]))
 
     step_module = IRIBTrainingStep(objective)
+    # A streamed dataset is already split by process: accelerate must not shard or dispatch it again.
+    n = len(optimizers)
     prepared = accelerator.prepare(step_module, *optimizers, *schedulers, *([] if args.streaming else [loader]))
-    step_module, optimizers, schedulers = prepared[0], prepared[1 : 1 + len(optimizers)], prepared[1 + len(optimizers) : 1 + 2 * len(optimizers)]  # fmt: skip
+    step_module, optimizers, schedulers = prepared[0], list(prepared[1 : 1 + n]), list(prepared[1 + n : 1 + 2 * n])
     if not args.streaming:
         loader = prepared[-1]
     accelerator.register_for_checkpointing(data_state)
