@@ -276,3 +276,9 @@ def test_degrade_pair_returns_a_training_triplet(photos64):
 def test_bad_images_get_a_clear_error(images, error, message):
     with pytest.raises(error, match=message):
         LQ(images)
+
+
+def test_images_smaller_than_the_final_downscale_are_refused_with_the_floor():
+    degrade = RealESRGANDegradation(DegradationConfig.extreme())
+    with pytest.raises(ValueError, match="at least 16 px a side.*got 15x40"):
+        degrade(torch.rand(1, 3, 40, 15), degrade.sample(1, 40, 15, generator=torch.Generator().manual_seed(0)))

@@ -278,6 +278,11 @@ class RealESRGANDegradation:
             raise ValueError(f"images must be floating point in [0, 1], got dtype {images.dtype}")
         if images.numel() == 0:
             raise ValueError(f"images must not be empty, got shape {tuple(images.shape)}")
+        if min(images.shape[-2:]) < self.config.scale:  # the final downscale would leave less than a pixel
+            raise ValueError(
+                f"images must be at least {self.config.scale} px a side for this preset (it downscales by "
+                f"{self.config.scale}), got {images.shape[-1]}x{images.shape[-2]}"
+            )
         low, high = torch.aminmax(images.detach())
         if not torch.isfinite(low) or not torch.isfinite(high) or low < 0 or high > 1:
             raise ValueError(f"images must lie in [0, 1] with no NaN, got values in [{float(low)}, {float(high)}]")
