@@ -327,7 +327,7 @@ class IRIBRestorationPipeline(DiffusionPipeline):
         if tile_size is not None:
             if not isinstance(tile_size, int) or tile_size < 8 * self.vae_scale_factor or tile_size % self.vae_scale_factor:
                 raise ValueError(f"tile_size must be a multiple of {self.vae_scale_factor} and >= {8 * self.vae_scale_factor}, got {tile_size!r}")
-            if not isinstance(tile_overlap, int) or not 0 <= tile_overlap < tile_size:
+            if tile_overlap is not None and (not isinstance(tile_overlap, int) or not 0 <= tile_overlap < tile_size):
                 raise ValueError(f"tile_overlap must be an integer in [0, tile_size), got {tile_overlap!r}")
         needed = (["projector"] if use_projector else []) + (["restorer"] if restorer is None else [])
         missing = [role for role in needed if role not in self.adapter_sets]
