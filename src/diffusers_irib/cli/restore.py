@@ -1,128 +1,269 @@
-"""``irib-restore``: restore damaged photos with IRIBRestorationPipeline."""
+"""``irib-restore``: restore damaged photos in a batch with IRIBRestorationPipeline.
+
+    irib-restore -i photos/ -o restored/ --projector PROJECTOR --restorer RESTORER
+    irib-restore a.png 'scans/*.jpg' -o out --ext auto --tile-size 512 --save-prompts
+
+Inputs are files, folders (their images) or glob patterns, as in Real-ESRGAN's and OSEDiff's
+scripts. Every output path is checked before the models load: an existing file is only replaced
+with --overwrite, an input never. One image that fails (unreadable, out of memory) is reported and
+the batch goes on; the exit status is 1 if any image failed.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-from tqdm.auto import tqdm
-
-from ..adapters import DEFAULT_BASE_MODEL
-from ..image_processing import COLOR_FIXES, to_tensors
-from .common import load_image, prepare_output_dir, save_png, tensor_to_pil
-from .models import (
-    DEFAULT_PROJECTOR,
-    DEFAULT_RESTORER,
-    ModelSpec,
-    missing_models_message,
+from .common import (
+    EXPECTED_ERRORS,
+    CLIError,
+    WriteError,
+    add_common_arguments,
+    first_line,
+    float_in,
+    make_parser,
+    resolve_device,
+    resolve_dtype,
+    run_guarded,
+    safe_name,
+)
+from .files import (
+    IMAGE_FORMATS,
+    PlannedFile,
+    add_input_arguments,
+    check_output_dir,
+    check_plan,
+    expand_inputs,
+    save_image,
+    save_json,
+)
+from .images import load_image, tensor_to_pil, upright_size
+from .pipeline_args import (
+    add_model_arguments,
+    add_restore_arguments,
+    build_extractor,
+    check_restore_arguments,
+    load_pipeline,
+    restore_kwargs,
 )
 
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-EXTRACTORS = ("none", "clip", "caption", "ram")
+PROG = "irib-restore"
+EXTENSIONS = ("png", "jpg", "webp", "auto")
+MAX_UPSCALE = 16.0
+MAX_SIDE = 8192  # pixels a side of the upscaled image
+OOM_HINT = (
+    "out of memory; try --tile-size 512 (smaller tiles need less memory), a smaller --upscale, or fewer --lfo-steps"
+)
+UPSCALE_HELP = (
+    f"Bicubic pre-upscale factor in (0, {MAX_UPSCALE:g}] (default 1; the result may be at most {MAX_SIDE} px a side). "
+    "The projector and restorer work at the input's resolution, so this sets the output size. The default is 1, "
+    "not OSEDiff's 4, because IRIB's ELQ inputs (as irib-degrade writes them) are already at output size; "
+    "use 4 for small LQ photos as OSEDiff does."
+)
 
 
-def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--base", default=DEFAULT_BASE_MODEL, help=f"SD2.1-base folder or Hub id (default {DEFAULT_BASE_MODEL}).")
-    parser.add_argument("--projector", default=DEFAULT_PROJECTOR, help="Projector adapter set: folder or Hub id.")
-    parser.add_argument("--restorer", default=DEFAULT_RESTORER, help="Restorer adapter set: folder or Hub id.")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="Default: fp16 on CUDA, fp32 on CPU.")
-    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu).")
+@dataclass
+class Job:
+    """One input image and the files it will produce (None: not written)."""
+
+    source: Path
+    restored: Path
+    lq_proxy: Path | None
+    prompts: Path | None
 
 
-def add_restore_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--lfo-steps", type=int, default=2, help="Look Forward Once refinements (default 2).")
-    parser.add_argument("--prompt", default=None, help="Use this prompt in every round instead of an extractor.")
-    parser.add_argument("--extractor", choices=EXTRACTORS, default="none", help="Prompt extractor (default none).")
-    parser.add_argument("--extractor-model", default=None, help="CLIP/captioner id or path, or the RAM checkpoint.")
-    parser.add_argument("--dape-checkpoint", default=None, help="DAPE checkpoint for --extractor ram.")
-    parser.add_argument("--color-fix", choices=sorted(COLOR_FIXES) + ["none"], default="adain")
-    parser.add_argument("--tile-size", type=int, default=None, help="Latent tiling for large images (pixels).")
-    parser.add_argument("--seed", type=int, default=None, help="Sample the VAE posterior with this seed (default: mean).")
+# --------------------------------------------------------------------------- arguments
+def build_parser() -> argparse.ArgumentParser:
+    parser = make_parser(PROG, __doc__)
+    add_input_arguments(parser)
+    parser.add_argument(
+        "-o",
+        "--output",
+        "--output-dir",
+        dest="output",
+        default="irib-restore-output",
+        help="Output folder (default irib-restore-output).",
+    )
+    parser.add_argument(
+        "--suffix",
+        type=safe_name,
+        default="restored",
+        help="Output names are <name>_<suffix>.<ext> (default restored).",
+    )
+    parser.add_argument(
+        "--ext", choices=EXTENSIONS, default="png", help="Output format; auto keeps the input's (default png)."
+    )
+    parser.add_argument("--upscale", type=float_in(0.0, MAX_UPSCALE), default=1.0, help=UPSCALE_HELP)
+    parser.add_argument(
+        "--save-prompts", action="store_true", help="Write every round's prompts to <name>_prompts.json."
+    )
+    parser.add_argument("--no-lq-proxy", action="store_true", help="Do not write <name>_lq_proxy.<ext>.")
+    add_model_arguments(parser)
+    add_restore_arguments(parser)
+    add_common_arguments(parser)
+    return parser
 
 
-def resolve_device_dtype(args) -> tuple[torch.device, torch.dtype]:
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    dtype = DTYPES[args.dtype] if args.dtype else (torch.float16 if device.type == "cuda" else torch.float32)
-    return device, dtype
+# --------------------------------------------------------------------------- planning
+def output_ext(source: Path, ext: str) -> str:
+    if ext != "auto":
+        return "." + ext
+    suffix = source.suffix.lower()
+    return suffix if suffix in IMAGE_FORMATS else ".png"
 
 
-def build_extractor(args, device: torch.device):
-    """The prompt extractor the flags ask for (None: the empty prompt)."""
-    from .. import prompts
-
-    if args.extractor == "none":
-        return None
-    if args.extractor == "clip":
-        return prompts.CLIPTagger.from_pretrained(args.extractor_model or prompts.DEFAULT_CLIP_MODEL, device=device)
-    if args.extractor == "caption":
-        return prompts.CaptionPrompt.from_pretrained(args.extractor_model or prompts.DEFAULT_CAPTION_MODEL, device=device)
-    if not args.extractor_model:
-        raise ValueError("--extractor ram needs --extractor-model PATH to the RAM checkpoint (ram_swin_large_14m.pth)")
-    return prompts.RAMTagger(args.extractor_model, dape_path=args.dape_checkpoint, device=device)
-
-
-def load_pipeline(args, device: torch.device, dtype: torch.dtype):
-    """Check every model first (listing all that are missing), then load the pipeline."""
-    from ..pipeline_irib import IRIBRestorationPipeline
-
-    specs = [ModelSpec("base", args.base), ModelSpec("projector", args.projector), ModelSpec("restorer", args.restorer)]
-    message = missing_models_message(specs)
-    if message:
-        print(message, file=sys.stderr)
-        sys.exit(1)
-    pipe = IRIBRestorationPipeline.from_pretrained(args.base, projector=args.projector, restorer=args.restorer, dtype=dtype)
-    return pipe.to(device)
-
-
-def restore_kwargs(args, extractor) -> dict:
-    generator = None if args.seed is None else torch.Generator().manual_seed(args.seed)
-    return dict(
-        prompt=args.prompt,
-        lfo_steps=args.lfo_steps,
-        prompt_extractor=extractor,
-        color_fix=None if args.color_fix == "none" else args.color_fix,
-        tile_size=args.tile_size,
-        generator=generator,
-        output_type="pt",
+def plan_job(source: Path, args: argparse.Namespace) -> Job:
+    out, stem, ext = Path(args.output), source.stem, output_ext(source, args.ext)
+    name = f"{stem}_{args.suffix}{ext}" if args.suffix else f"{stem}{ext}"
+    return Job(
+        source=source,
+        restored=out / name,
+        lq_proxy=None if args.no_lq_proxy else out / f"{stem}_lq_proxy{ext}",
+        prompts=out / f"{stem}_prompts.json" if args.save_prompts else None,
     )
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="irib-restore", description="Restore extremely degraded photos (IRIB).")
-    parser.add_argument("images", nargs="+", metavar="IMAGE")
-    parser.add_argument("--output-dir", required=True, help="Folder for <name>_restored.png and <name>_lq_proxy.png.")
-    parser.add_argument("--upscale", type=float, default=1.0, help="Bicubic pre-upscale factor (default 1).")
-    add_model_arguments(parser)
-    add_restore_arguments(parser)
-    args = parser.parse_args(argv)
-    if args.lfo_steps < 0:
-        parser.error(f"--lfo-steps must be >= 0, got {args.lfo_steps}")
-    if not args.upscale > 0:
-        parser.error(f"--upscale must be positive, got {args.upscale}")
-    try:
-        images = [load_image(p) for p in args.images]
-        output_dir = prepare_output_dir(args.output_dir)
-        device, dtype = resolve_device_dtype(args)
-    except (ValueError, RuntimeError) as err:
-        parser.error(str(err))
+def planned_files(jobs: list[Job]) -> list[PlannedFile]:
+    files = []
+    for job in jobs:
+        files.append(PlannedFile(job.restored, f"restored image of {str(job.source)!r}"))
+        if job.lq_proxy is not None:
+            files.append(PlannedFile(job.lq_proxy, f"LQ proxy of {str(job.source)!r}"))
+        if job.prompts is not None:
+            files.append(PlannedFile(job.prompts, f"prompts of {str(job.source)!r}"))
+    return files
 
-    pipe = load_pipeline(args, device, dtype)
-    pipe.set_progress_bar_config(disable=True)
-    try:
+
+def plan(args: argparse.Namespace) -> list[Job]:
+    """Every input and output path, checked as a whole before any model is loaded."""
+    specs = [*args.images, *args.input]
+    if not specs:
+        raise CLIError("give at least one input image (IMAGE or -i/--input FILE|FOLDER|GLOB)")
+    check_output_dir(Path(args.output))
+    jobs = [plan_job(source, args) for source in expand_inputs(specs)]
+    check_plan(planned_files(jobs), [job.source for job in jobs], args.overwrite)
+    return jobs
+
+
+def check_size(job: Job, upscale: float) -> None:
+    """Refuse (from the header alone) an image whose upscaled size would be unreasonable."""
+    width, height = upright_size(job.source)
+    out_w, out_h = round(width * upscale), round(height * upscale)
+    if max(out_w, out_h) > MAX_SIDE:
+        raise ValueError(
+            f"{str(job.source)!r} is {width}x{height} px; --upscale {upscale:g} would make it {out_w}x{out_h}, "
+            f"more than {MAX_SIDE} px a side: lower --upscale"
+        )
+
+
+def preflight(jobs: list[Job], upscale: float, debug: bool) -> tuple[list[Job], list[Job]]:
+    """Read every header now: unreadable or oversized images are reported before models load."""
+    ready, failed = [], []
+    for job in jobs:
+        try:
+            check_size(job, upscale)
+            ready.append(job)
+        except ValueError as err:
+            if debug:
+                raise
+            report(job, str(err))
+            failed.append(job)
+    return ready, failed
+
+
+# --------------------------------------------------------------------------- restoring
+def report(job: Job, message: str) -> None:
+    from tqdm.auto import tqdm
+
+    where = "" if str(job.source) in message else f" {str(job.source)!r}"  # most messages name the file
+    tqdm.write(f"{PROG}: skipped{where}: {message}", file=sys.stderr)
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    import torch
+
+    return isinstance(err, torch.OutOfMemoryError) or "out of memory" in str(err).lower()
+
+
+def describe_failure(err: BaseException) -> str:
+    """One line for a failed image; running out of memory comes with what to try instead."""
+    if is_out_of_memory(err):
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        return OOM_HINT
+    return first_line(err)
+
+
+def restore_one(pipe, job: Job, args: argparse.Namespace, extractor) -> list[str]:
+    """Restore one image, write its files, and return the prompt of every round."""
+    image = load_image(job.source)
+    out = pipe(image, upscale=args.upscale, **restore_kwargs(args, extractor))
+    prompts = [round_prompts[0] for round_prompts in out.prompts]
+    save_image(tensor_to_pil(out.images[0]), job.restored, args.overwrite)
+    if job.lq_proxy is not None:
+        save_image(tensor_to_pil(out.lq_images[0]), job.lq_proxy, args.overwrite)
+    if job.prompts is not None:
+        record = {
+            "input": str(job.source),
+            "restored": str(job.restored),
+            "projector_prompts": prompts[:-1],
+            "restorer_prompt": prompts[-1],
+        }
+        save_json(record, job.prompts, args.overwrite, indent=2)
+    return prompts
+
+
+def restore_all(pipe, jobs: list[Job], args: argparse.Namespace, extractor) -> list[Job]:
+    """Restore every image, going on after one fails; returns the ones that failed."""
+    from tqdm.auto import tqdm
+
+    failed = []
+    for job in tqdm(jobs, desc="restoring", unit="image"):
+        try:
+            prompts = restore_one(pipe, job, args, extractor)
+        except WriteError:
+            raise  # a full disk or a lost folder: the next image would fail the same way
+        except EXPECTED_ERRORS as err:
+            if args.debug:
+                raise
+            report(job, describe_failure(err))
+            failed.append(job)
+            continue
+        tqdm.write(f"{job.source.name}: prompts per round {prompts}")
+    return failed
+
+
+def summary(total: int, failed: list[Job], output: str) -> str:
+    line = f"restored {total - len(failed)} of {total} image(s) into {output}"
+    if failed:
+        names = ", ".join(repr(str(job.source)) for job in failed[:5]) + (" ..." if len(failed) > 5 else "")
+        line += f"; {len(failed)} failed: {names}"
+    return line
+
+
+# --------------------------------------------------------------------------- main
+def run(args: argparse.Namespace) -> int:
+    check_restore_arguments(args)
+    jobs = plan(args)
+    device = resolve_device(args.device)
+    dtype = resolve_dtype(args.dtype, device)
+    ready, failed = preflight(jobs, args.upscale, args.debug)
+    if ready:
+        pipe = load_pipeline(args, device, dtype)
+        pipe.set_progress_bar_config(disable=True)
         extractor = build_extractor(args, device)
-    except (ValueError, ImportError, FileNotFoundError, OSError) as err:
-        parser.error(str(err))
-    kwargs = restore_kwargs(args, extractor)
-    for path, image in tqdm(list(zip(args.images, images)), desc="restoring", unit="image"):
-        out = pipe(to_tensors(image), upscale=args.upscale, **kwargs)
-        stem = Path(path).stem
-        save_png(tensor_to_pil(out.images[0]), output_dir / f"{stem}_restored.png")
-        save_png(tensor_to_pil(out.lq_images[0]), output_dir / f"{stem}_lq_proxy.png")
-        tqdm.write(f"{stem}: prompts per round {[round_prompts[0] for round_prompts in out.prompts]}")
-    print(f"wrote {2 * len(images)} files to {output_dir}")
-    return 0
+        failed += restore_all(pipe, ready, args, extractor)
+    print(summary(len(jobs), failed, args.output))
+    return 1 if failed else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return run_guarded(PROG, args.debug, lambda: run(args))
 
 
 if __name__ == "__main__":  # pragma: no cover
