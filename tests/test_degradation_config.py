@@ -35,9 +35,23 @@ def test_elq_preset_widens_ranges_and_uses_scale_16():
     lq = DegradationConfig.realesrgan().to_dict()
     changed = {k for k, v in c.to_dict().items() if lq[k] != v}
     assert changed == {
-        "preset_name", "scale", "kernel_size_range", "blur_sigma", "betag_range", "resize_range", "noise_range",
-        "poisson_scale_range", "jpeg_range", "kernel_size_range2", "blur_sigma2", "betag_range2", "resize_range2",
-        "noise_range2", "poisson_scale_range2", "jpeg_range2", "final_kernel_size_range",
+        "preset_name",
+        "scale",
+        "kernel_size_range",
+        "blur_sigma",
+        "betag_range",
+        "resize_range",
+        "noise_range",
+        "poisson_scale_range",
+        "jpeg_range",
+        "kernel_size_range2",
+        "blur_sigma2",
+        "betag_range2",
+        "resize_range2",
+        "noise_range2",
+        "poisson_scale_range2",
+        "jpeg_range2",
+        "final_kernel_size_range",
     }
 
 
@@ -110,3 +124,12 @@ def test_kernel_sizes_are_capped_in_the_constructor_and_in_from_dict():
             build()
     with pytest.raises(ValueError, match="jpeg_range"):
         DegradationConfig.from_dict({**DegradationConfig.extreme().to_dict(), "jpeg_range": [-5, 30]})
+
+
+@pytest.mark.parametrize(
+    "field", ["resize_modes", "kernel_size_range", "kernel_list", "kernel_prob", "final_kernel_size_range"]
+)
+@pytest.mark.parametrize("value", [7, None, "iso"])
+def test_a_scalar_where_a_list_belongs_names_the_field(field, value):
+    with pytest.raises(ValueError, match=f"^{field} must be a list"):
+        DegradationConfig.from_dict({**DegradationConfig.extreme().to_dict(), field: value})

@@ -48,6 +48,9 @@ def test_a_failed_save_creates_nothing_and_leaves_no_staging_folder(tmp_path):
         with staged_folder(tmp_path / "new") as staging:
             open(os.path.join(staging, "a.txt"), "w").write("partial")
             disk_full()
+    with pytest.raises(OSError):  # nor the parent folders it had to create
+        with staged_folder(tmp_path / "runs" / "day1" / "new"):
+            disk_full()
     assert os.listdir(tmp_path) == []
 
 

@@ -87,8 +87,10 @@ def staged_folder(target: PathLike) -> Iterator[str]:
     if os.path.exists(target) and not os.path.isdir(target):
         raise ValueError(f"cannot save into {target!r}: it exists and is not a folder")
     parent = os.path.dirname(target)
+    created = _missing_parents(parent)
     os.makedirs(parent, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=f".{os.path.basename(target)}.saving-", dir=parent)
+    done = False
     try:
         yield staging
         _give_default_permissions(staging)
@@ -96,5 +98,19 @@ def staged_folder(target: PathLike) -> Iterator[str]:
             _move_into_place(staging, target)
         else:
             os.replace(staging, target)
+        done = True
     finally:
         _remove(staging)
+        if not done:  # a failed save leaves no empty parent folders behind either
+            for folder in created:
+                with contextlib.suppress(OSError):
+                    os.rmdir(folder)
+
+
+def _missing_parents(folder: str) -> list[str]:
+    """The folders ``os.makedirs(folder)`` would create, deepest first."""
+    missing = []
+    while folder and not os.path.exists(folder):
+        missing.append(folder)
+        folder = os.path.dirname(folder)
+    return missing

@@ -96,7 +96,10 @@ class DegradationConfig(JSONConfigMixin):
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if isinstance(value, list):  # JSON gives lists; keep the config hashable and immutable
-                setattr(self, f.name, tuple(value))
+                value = tuple(value)
+                setattr(self, f.name, value)
+            if isinstance(f.default, tuple) and not isinstance(value, tuple):  # e.g. a scalar from a JSON file
+                raise ValueError(f"{f.name} must be a list like {list(f.default)!r}, got {value!r}")
         self._validate()
 
     # ------------------------------------------------------------------ validation
