@@ -54,6 +54,7 @@ setup(
             "irib-restore=diffusers_irib.cli.restore:main",
             "irib-demo=diffusers_irib.cli.demo:main",
             "irib-convert-osediff=diffusers_irib.cli.convert:main",
+            "irib-make-testset=diffusers_irib.cli.make_testset:main",
         ]
     },
     classifiers=[
