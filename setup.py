@@ -55,6 +55,7 @@ setup(
             "irib-demo=diffusers_irib.cli.demo:main",
             "irib-convert-osediff=diffusers_irib.cli.convert:main",
             "irib-make-testset=diffusers_irib.cli.make_testset:main",
+            "irib-evaluate=diffusers_irib.evaluation.evaluate:main",
         ]
     },
     classifiers=[

