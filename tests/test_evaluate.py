@@ -78,6 +78,8 @@ def test_every_method_runs_and_the_table_has_psnr_ssim_and_marks_the_rest_unavai
     assert "paper: OSDiff + Ours" in table  # --paper: the published rows beside ours
     ours = table.split("The paper's")[0]
     assert ours.count("| Method |") == 2 and ours.count("**") == 2 * 2 * 2  # best PSNR and SSIM, per convention
+    grid = Image.open(out / "grid.png")
+    assert grid.size == (32 * (len(methods) + 2), 32 * 4)  # ELQ | methods | HQ, 4 rows
     per_image = list(csv.DictReader(open(out / "per_image.csv")))
     assert len(per_image) == 4 * len(methods) and {"psnr_y", "ssim_rgb"} <= set(per_image[0])
     # the plug-and-play restorer really ran: callable = the mirrored ELQ

@@ -7,7 +7,8 @@ The test set is what ``irib-make-testset`` writes (``hq/`` and ``elq/`` PNGs wit
 Each method's restored images go to ``OUT/images/<method>/``; a rerun skips the images already there
 (resumable). Under ``accelerate launch`` / ``torchrun`` every process restores its own share of the
 images and the main process computes the metrics. Outputs: ``results.json``, ``results.csv``,
-``per_image.csv`` and ``results.md`` (the paper's layout, the PSNR/SSIM convention as a column).
+``per_image.csv``, ``results.md`` (the paper's layout, the PSNR/SSIM convention as a column) and
+``grid.png`` (the first images: ELQ | each method | HQ).
 
 Methods: ``restorer`` (g alone on the ELQ: the paper's "pretrained" row), ``irib`` (f then g) and
 ``irib-lfo1``/``irib-lfo2`` (Look Forward Once), ``direct`` (a set trained with ``--mode direct``,
@@ -70,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int_in(1, 256), default=1)
     parser.add_argument("--num-images", type=int_in(1, 10**6), default=None, help="Only the first N images.")
     parser.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default=None, help="Default: fp16 on CUDA.")
+    parser.add_argument(
+        "--grid", type=int_in(0, 64), default=4, help="Images in grid.png (ELQ | methods | HQ); 0: none."
+    )
     add_common_arguments(parser, overwrite=False)
     return parser
 
@@ -276,6 +280,25 @@ def write_results(out: Path, per_image: list[dict], rows: list[dict], unavailabl
     (out / "results.md").write_text(table + ("\n" + notes if notes else ""), encoding="utf-8")
 
 
+def write_grid(out: Path, names: list[str], methods: list[str], testset: Path) -> None:
+    """One row per image: ELQ | every method | HQ, side by side, as ``grid.png``."""
+    from PIL import Image
+
+    from ..cli.files import save_image
+
+    rows = []
+    for name in names:
+        paths = [testset / "elq" / f"{name}.png", *(out / "images" / m / f"{name}.png" for m in methods),
+                 testset / "hq" / f"{name}.png"]  # fmt: skip
+        rows.append([Image.open(p).convert("RGB") for p in paths])
+    width, height = rows[0][0].size
+    grid = Image.new("RGB", (width * len(rows[0]), height * len(rows)))
+    for i, row in enumerate(rows):
+        for j, image in enumerate(row):
+            grid.paste(image.resize((width, height)), (j * width, i * height))
+    save_image(grid, out / "grid.png", overwrite=True)
+
+
 # --------------------------------------------------------------------------- main
 def run(args: argparse.Namespace) -> int:
     from accelerate import PartialState
@@ -316,6 +339,8 @@ def run(args: argparse.Namespace) -> int:
     per_image = [r for method in args.methods for r in score_images(method, names, args, functions)]
     rows = summary_rows(per_image, args.methods, conventions, args.metrics)
     write_results(Path(args.output), per_image, rows, unavailable, args)
+    if args.grid:
+        write_grid(Path(args.output), names[: args.grid], args.methods, Path(args.testset))
     print(f"wrote {Path(args.output) / 'results.md'}")
     return 0
 
