@@ -18,7 +18,7 @@ extras = {
 extras["dev"] = sorted(
     set(extras["train"]) - {"bitsandbytes>=0.43; platform_system == 'Linux'"}
     | set(extras["metrics"])
-    | {"pytest>=8", "scipy>=1.10", "torchvision", "ruff>=0.17,<0.18"}
+    | {"pytest>=8", "pytest-xdist>=3.5", "scipy>=1.10", "torchvision", "ruff>=0.17,<0.18"}
 )
 
 setup(

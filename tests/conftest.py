@@ -9,7 +9,8 @@ import torch
 
 # Before diffusers and huggingface_hub are imported: no test may reach a hub.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+# One thread per pytest-xdist worker (the README runs two on two cores); else what OMP_NUM_THREADS says.
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else int(os.environ.get("OMP_NUM_THREADS", "1")))
 
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel  # noqa: E402
 

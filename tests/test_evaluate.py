@@ -114,7 +114,7 @@ def test_two_processes_give_the_one_process_results(workspace):
     two = args_for(workspace, "two", "--methods", "irib")
     subprocess.run([sys.executable, "-m", "diffusers_irib.evaluation.evaluate", *one], env=env, check=True,
                    capture_output=True, timeout=300)  # fmt: skip
-    result = subprocess.run([str(BIN / "torchrun"), "--nproc_per_node", "2", "-m", "diffusers_irib.evaluation.evaluate", *two],
+    result = subprocess.run([str(BIN / "torchrun"), "--standalone", "--nproc_per_node", "2", "-m", "diffusers_irib.evaluation.evaluate", *two],
                             env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count("restored 2 image(s) on this process") == 2  # each rank did its half

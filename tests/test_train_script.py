@@ -249,7 +249,7 @@ def test_two_ddp_processes_read_disjoint_streamed_samples_and_end_with_the_same_
         "--dataset_name", str(workspace / "lsdir"), "--streaming", "--train_batch_size", "1",
         "--max_train_steps", "2", "--checkpointing_steps", "100", "--log_sample_ids", "--report_to", "none",
     ]  # fmt: skip
-    log = run([str(BIN / "torchrun"), "--nproc_per_node", "2", str(SCRIPT), *args], workspace)
+    log = run([str(BIN / "torchrun"), "--standalone", "--nproc_per_node", "2", str(SCRIPT), *args], workspace)
     assert "MULTI_CPU" in log and "Num processes: 2" in log
     digests = re.findall(r"\[RANK (\d)\] trained weights sha256 ([0-9a-f]{64})", log)
     assert sorted(rank for rank, _ in digests) == ["0", "1"] and len({d for _, d in digests}) == 1
