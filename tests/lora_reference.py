@@ -113,3 +113,15 @@ def reference_model(unet, vae, role, scale, scales=None, vae_role=True) -> Manua
         for name, value in params.items():
             ref.get_parameter(name).copy_(value)
     return ref
+
+
+def tiny_pipeline_with_random_sets():
+    """The tiny pipeline with a frozen projector and a frozen restorer (own conv_in), both non-zero."""
+    from conftest import make_tiny_pipeline
+
+    pipe = make_tiny_pipeline()
+    pipe.add_adapter_set("projector", trainable=False)
+    pipe.add_adapter_set("restorer", conv_in=True, trainable=False)
+    randomize(pipe.unet, "projector", 1)
+    randomize(pipe.unet, "restorer", 2)
+    return pipe

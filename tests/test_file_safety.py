@@ -10,7 +10,7 @@ import stat
 import pytest
 import torch
 from conftest import make_tiny_pipeline
-from lora_reference import randomize
+from lora_reference import randomize, tiny_pipeline_with_random_sets
 from safetensors.torch import load_file, save_file
 
 from diffusers_irib import IRIBRestorationPipeline
@@ -34,12 +34,7 @@ def listing(folder) -> dict[str, bytes]:
 
 @pytest.fixture
 def pipe():
-    pipe = make_tiny_pipeline()
-    pipe.add_adapter_set("projector", trainable=False)
-    pipe.add_adapter_set("restorer", conv_in=True, trainable=False)
-    randomize(pipe.unet, "projector", 1)
-    randomize(pipe.unet, "restorer", 2)
-    return pipe
+    return tiny_pipeline_with_random_sets()
 
 
 # --------------------------------------------------------------------------- staged_folder

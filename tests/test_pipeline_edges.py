@@ -8,20 +8,14 @@ import io
 import numpy as np
 import pytest
 import torch
-from conftest import make_tiny_pipeline
-from lora_reference import randomize
+from lora_reference import tiny_pipeline_with_random_sets
 from PIL import Image
 from skimage import data
 
 
 @pytest.fixture(scope="module")
 def pipe():
-    pipe = make_tiny_pipeline()
-    pipe.add_adapter_set("projector", trainable=False)
-    pipe.add_adapter_set("restorer", conv_in=True, trainable=False)
-    randomize(pipe.unet, "projector", 1)
-    randomize(pipe.unet, "restorer", 2)
-    return pipe
+    return tiny_pipeline_with_random_sets()
 
 
 def photo(h: int, w: int) -> torch.Tensor:
