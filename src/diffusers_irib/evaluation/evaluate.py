@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from ..cli.common import CLIError, add_common_arguments, int_in, make_parser, run_guarded
+from ..cli.pipeline_args import EXTRACTORS, build_extractor
 from .paper import PAPER_METRICS, paper_rows
 from .tables import markdown_table
 
@@ -74,6 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--grid", type=int_in(0, 64), default=4, help="Images in grid.png (ELQ | methods | HQ); 0: none."
     )
+    parser.add_argument(
+        "--extractor", choices=EXTRACTORS, default="none", help="Prompt extractor (the paper: DAPE = ram)."
+    )
+    parser.add_argument("--extractor-model", default=None, help="CLIP/captioner id or path, or the RAM checkpoint.")
+    parser.add_argument("--dape-checkpoint", default=None, help="DAPE checkpoint for --extractor ram.")
     add_common_arguments(parser, overwrite=False)
     return parser
 
@@ -110,6 +116,8 @@ def check_method_models(args: argparse.Namespace) -> None:
     needs = {"restorer": ["restorer"], "irib": ["projector", "restorer"], "irib-lfo1": ["projector", "restorer"],
              "irib-lfo2": ["projector", "restorer"], "direct": ["direct"], "callable": ["restorer_callable"],
              "irib+callable": ["projector", "restorer_callable"]}  # fmt: skip
+    if args.extractor == "ram" and not args.extractor_model:
+        raise CLIError("--extractor ram needs --extractor-model PATH to the RAM checkpoint")
     for method in args.methods:
         missing = [flag for flag in needs[method] if getattr(args, flag) is None]
         if missing:
@@ -323,6 +331,7 @@ def run(args: argparse.Namespace) -> int:
     if args.direct:
         pipe.load_adapter_set(args.direct, role="direct")
     pipe.to(state.device).set_progress_bar_config(disable=True)
+    pipe.prompt_extractor = build_extractor(args, state.device)  # used by every method's pipeline call
     timings = {}
     for method in args.methods:
         start = time.perf_counter()
