@@ -166,6 +166,7 @@ def restore_method(pipe, method: str, names: list[str], args, plug, state) -> in
 
     folder = Path(args.output) / "images" / method
     todo = [n for n in names if not (folder / f"{n}.png").exists()]  # resumable
+    state.wait_for_everyone()  # every process lists the missing images before any process writes one
     with state.split_between_processes(todo) as mine:
         written = 0
         kwargs = method_call(method, pipe, plug)
