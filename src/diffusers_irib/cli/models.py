@@ -6,11 +6,8 @@ commands check every model up front and list all that are missing, with how to g
 
 from __future__ import annotations
 
-import functools
 import os
-import socket
 from dataclasses import dataclass
-from urllib.parse import urlparse
 
 # Copies of ``diffusers_irib.adapters`` constants: importing that package loads torch and peft,
 # which ``--help`` must not wait for (tests/test_cli_errors.py checks they stay equal).
@@ -48,21 +45,15 @@ class ModelSpec:
         return "model_index.json" if self.role == "base" else LORA_WEIGHT_NAME
 
 
-@functools.lru_cache(maxsize=1)
-def hub_reachable(timeout: float = 3.0) -> bool:
-    """One quick TCP connection to the Hub, so an offline machine is not retried file by file."""
-    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
-        return False
-    from huggingface_hub import constants
+#: Set after the first connection failure: one unreachable Hub costs one timeout, not one per model.
+_UNREACHABLE: list[bool] = []
 
-    url = urlparse(constants.ENDPOINT)
-    try:
-        socket.create_connection(
-            (url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout=timeout
-        ).close()
-        return True
-    except OSError:
-        return False
+
+def hub_offline() -> bool:
+    """huggingface_hub's own offline switch (``HF_HUB_OFFLINE``): then nothing is fetched."""
+    from huggingface_hub.constants import is_offline_mode
+
+    return is_offline_mode()
 
 
 def is_available(spec: ModelSpec) -> bool:
@@ -79,11 +70,16 @@ def is_available(spec: ModelSpec) -> bool:
         return True
     except Exception:
         pass
-    if not hub_reachable():
+    if hub_offline() or _UNREACHABLE:
         return False
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
     try:
-        hf_hub_download(spec.name_or_path, spec.probe_file)
+        hf_hub_download(spec.name_or_path, spec.probe_file, etag_timeout=5)
         return True
+    except LocalEntryNotFoundError:  # the Hub could not be reached: do not wait for it again this run
+        _UNREACHABLE.append(True)
+        return False
     except Exception:
         return False
 
@@ -102,4 +98,6 @@ def missing_models_message(specs: list[ModelSpec]) -> str | None:
             f"  - {spec.role}: {spec.name_or_path!r}\n      how to get it: " + HOW_TO_GET[spec.role].format(id=default)
         )
     lines.append("To see the whole pipeline run without any weights, use `irib-demo --tiny`.")
+    if _UNREACHABLE:
+        lines.append("The Hub could not be reached; on a machine without network set HF_HUB_OFFLINE=1 to skip it.")
     return "\n".join(lines)
