@@ -127,3 +127,24 @@ def test_restore_help_with_the_real_package_answers_within_two_seconds():
     result = subprocess.run([sys.executable, "-c", REAL_HELP], capture_output=True, text=True, timeout=120)
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert not report["torch"] and report["seconds"] < 2.0
+
+
+def test_an_unreachable_hub_costs_one_attempt_not_one_per_model(monkeypatch):
+    import huggingface_hub
+    import huggingface_hub.constants
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    calls = []
+
+    def download(repo_id, filename, local_files_only=False, **kwargs):
+        calls.append((repo_id, local_files_only))
+        raise LocalEntryNotFoundError("cannot reach the Hub")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
+    monkeypatch.setattr(huggingface_hub.constants, "is_offline_mode", lambda: False)
+    monkeypatch.setattr(models, "_UNREACHABLE", [])
+    specs = [models.ModelSpec(role, f"someone/{role}") for role in ("base", "projector", "restorer")]
+    message = models.missing_models_message(specs)
+    online = [c for c in calls if not c[1]]
+    assert len(online) == 1 and "HF_HUB_OFFLINE=1" in message  # the cache is still asked for each model
+    assert len(calls) == 1 + 3
