@@ -11,7 +11,7 @@ extras = {
         "bitsandbytes>=0.43; platform_system == 'Linux'",
     ],
     # Evaluation metrics that need extra packages (PSNR/SSIM live in the package itself).
-    "metrics": ["lpips>=0.1.4", "scikit-image>=0.22"],
+    "metrics": ["lpips>=0.1.4", "scikit-image>=0.22", "spandrel>=0.4"],
     # xformers wheels pin one exact torch release: never a default dependency.
     "xformers": ["xformers"],
 }

@@ -32,6 +32,22 @@ def mirror(images, prompts):
     return images.flip(-1)
 
 
+def random_rrdbnet_state_dict(num_feat: int = 16, num_grow_ch: int = 32) -> dict:
+    """Real-ESRGAN x4plus's RRDBNet key layout (``params_ema``; one block instead of 23), random weights."""
+    g = torch.Generator().manual_seed(0)
+
+    def conv(out_ch, in_ch):
+        return torch.randn(out_ch, in_ch, 3, 3, generator=g) * 0.05, torch.zeros(out_ch)
+
+    layers = {"conv_first": conv(num_feat, 3)}
+    for r in (1, 2, 3):
+        for k in range(5):
+            layers[f"body.0.rdb{r}.conv{k + 1}"] = conv(num_grow_ch if k < 4 else num_feat, num_feat + k * num_grow_ch)
+    layers.update({name: conv(num_feat, num_feat) for name in ("conv_body", "conv_up1", "conv_up2", "conv_hr")})
+    layers["conv_last"] = conv(3, num_feat)
+    return {f"{name}.{kind}": t for name, (w, b) in layers.items() for kind, t in (("weight", w), ("bias", b))}
+
+
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
     root = tmp_path_factory.mktemp("evaluate")
@@ -41,6 +57,7 @@ def workspace(tmp_path_factory):
         pipe.add_adapter_set(role, conv_in=conv_in, trainable=False)
         randomize(pipe.unet, role, seed, std=0.02)
         pipe.save_adapter_set(root / role, role)
+    torch.save({"params_ema": random_rrdbnet_state_dict()}, root / "RealESRGAN_x4plus_random.pth")
     (root / "photos").mkdir()
     for name in ("astronaut", "coffee", "chelsea", "rocket"):
         Image.fromarray(getattr(data, name)()).save(root / "photos" / f"{name}.png")
@@ -55,9 +72,10 @@ def args_for(root: Path, out: str, *extra: str) -> list[str]:
 
 def test_every_method_runs_and_the_table_has_psnr_ssim_and_marks_the_rest_unavailable(workspace, capsys, monkeypatch):
     monkeypatch.syspath_prepend(str(Path(__file__).parent))
-    methods = ["restorer", "irib", "irib-lfo1", "direct", "callable", "irib+callable"]
+    methods = ["restorer", "irib", "irib-lfo1", "direct", "callable", "irib+callable", "classical"]
     argv = args_for(workspace, "out", "--methods", *methods, "--direct", str(workspace / "direct"),
-                    "--restorer-callable", "test_evaluate:mirror", "--convention", "both", "--paper", "div2k")  # fmt: skip
+                    "--restorer-callable", "test_evaluate:mirror", "--convention", "both", "--paper", "div2k",
+                    "--classical-model", str(workspace / "RealESRGAN_x4plus_random.pth"))  # fmt: skip
     assert evaluate(argv) == 0
     out = workspace / "out"
     for method in methods:

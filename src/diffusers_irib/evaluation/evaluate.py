@@ -12,8 +12,9 @@ images and the main process computes the metrics. Outputs: ``results.json``, ``r
 
 Methods: ``restorer`` (g alone on the ELQ: the paper's "pretrained" row), ``irib`` (f then g) and
 ``irib-lfo1``/``irib-lfo2`` (Look Forward Once), ``direct`` (a set trained with ``--mode direct``,
-run as a one-step restorer), and with ``--restorer-callable module:function`` ``callable`` (that
-restorer on the ELQ) and ``irib+callable`` (f, then that restorer: the paper's plug-and-play rows).
+run as a one-step restorer), with ``--restorer-callable module:function`` ``callable`` (that
+restorer on the ELQ) and ``irib+callable`` (f, then that restorer: the paper's plug-and-play rows),
+and ``classical``: a Real-ESRGAN x4plus (or SwinIR, HAT ...) ``.pth`` loaded with spandrel.
 Metrics: PSNR and SSIM are computed here (``--convention y`` as the paper, ``rgb``, or ``both``).
 LPIPS, DISTS, FID, NIQE, MUSIQ and CLIPIQA need their libraries and weights: a metric that cannot
 be loaded is reported as unavailable, with the reason, and the rest of the table is still made.
@@ -46,6 +47,7 @@ METHODS = {
     "direct": ("ELQ -> HQ", None),
     "callable": ("Pretrained", None),
     "irib+callable": ("ELQ -> LQ -> HQ", 0),
+    "classical": ("Pretrained", None),
 }
 CONVENTIONS = ("y", "rgb")
 
@@ -63,6 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--direct", default=None, help="A set trained with --mode direct (method direct).")
     parser.add_argument("--restorer-callable", default=None, metavar="MODULE:FUNCTION",
                         help="A plug-and-play restorer (images, prompts) -> images (methods callable, irib+callable).")  # fmt: skip
+    parser.add_argument("--classical-model", default=None, metavar="MODEL.pth",
+                        help="A classical SR network (Real-ESRGAN x4plus, SwinIR, HAT ...) loaded with spandrel (method classical).")  # fmt: skip
     parser.add_argument("--metrics", nargs="+", choices=list(PAPER_METRICS), default=list(PAPER_METRICS))
     parser.add_argument("--convention", choices=["y", "rgb", "both"], default="y",
                         help="PSNR/SSIM on the Y of YCbCr (the paper's tables) or on RGB (default y).")  # fmt: skip
@@ -115,7 +119,7 @@ def check_method_models(args: argparse.Namespace) -> None:
     """Every method must have its models; say which flag is missing before anything loads."""
     needs = {"restorer": ["restorer"], "irib": ["projector", "restorer"], "irib-lfo1": ["projector", "restorer"],
              "irib-lfo2": ["projector", "restorer"], "direct": ["direct"], "callable": ["restorer_callable"],
-             "irib+callable": ["projector", "restorer_callable"]}  # fmt: skip
+             "irib+callable": ["projector", "restorer_callable"], "classical": ["classical_model"]}  # fmt: skip
     if args.extractor == "ram" and not args.extractor_model:
         raise CLIError("--extractor ram needs --extractor-model PATH to the RAM checkpoint")
     for method in args.methods:
@@ -142,7 +146,35 @@ def direct_restorer(pipe, role: str = "direct") -> Callable:
     return restore
 
 
-def method_call(method: str, pipe, plug: Optional[Callable]) -> dict:
+def classical_restorer(path: str, device) -> Callable:
+    """A classical SR network as a plug-and-play restorer, loaded with spandrel (it detects RRDBNet,
+    SwinIR, HAT ... from the state dict). The test set's ELQ is at output size, so it is shrunk by the
+    network's scale (area) first and the network brings it back, as Real-ESRGAN is used on an LQ."""
+    import torch.nn.functional as F
+
+    try:
+        from spandrel import ModelLoader
+    except ImportError:
+        raise CLIError("--classical-model needs spandrel: pip install spandrel") from None
+    try:
+        model = ModelLoader(device=device).load_from_file(path).eval()
+    except Exception as err:  # spandrel: unknown architecture, damaged file ...
+        raise CLIError(f"--classical-model {path!r} cannot be loaded: {str(err).splitlines()[0]}") from None
+
+    def restore(images, prompts):
+        h, w = images.shape[-2:]
+        small = F.interpolate(images.to(device), size=(h // model.scale, w // model.scale), mode="area")
+        out = model(small.float())
+        return (
+            F.interpolate(out, size=(h, w), mode="bicubic").clamp(0, 1)
+            if out.shape[-2:] != (h, w)
+            else out.clamp(0, 1)
+        )
+
+    return restore
+
+
+def method_call(method: str, pipe, plug: Optional[Callable], classical: Optional[Callable] = None) -> dict:
     """The pipeline keyword arguments of one method."""
     lfo = METHODS[method][1]
     if method == "restorer":
@@ -151,6 +183,8 @@ def method_call(method: str, pipe, plug: Optional[Callable]) -> dict:
         return {"use_projector": False, "restorer": direct_restorer(pipe)}
     if method == "callable":
         return {"use_projector": False, "restorer": plug}
+    if method == "classical":
+        return {"use_projector": False, "restorer": classical}
     if method == "irib+callable":
         return {"lfo_steps": 0, "restorer": plug}
     return {"lfo_steps": lfo}
@@ -169,7 +203,8 @@ def restore_method(pipe, method: str, names: list[str], args, plug, state) -> in
     state.wait_for_everyone()  # every process lists the missing images before any process writes one
     with state.split_between_processes(todo) as mine:
         written = 0
-        kwargs = method_call(method, pipe, plug)
+        classical = classical_restorer(args.classical_model, pipe.device) if method == "classical" else None
+        kwargs = method_call(method, pipe, plug, classical)
         for start in tqdm(range(0, len(mine), args.batch_size), desc=method, unit="batch",
                           disable=not state.is_local_main_process):  # fmt: skip
             batch = mine[start : start + args.batch_size]
