@@ -10,8 +10,17 @@ extras = {
         "tensorboard>=2.14",
         "bitsandbytes>=0.43; platform_system == 'Linux'",
     ],
-    # Evaluation metrics that need extra packages (PSNR/SSIM live in the package itself).
-    "metrics": ["lpips>=0.1.4", "scikit-image>=0.22", "spandrel>=0.4"],
+    # Evaluation: permissive metric libraries (PSNR/SSIM live in the package itself), the classical
+    # baseline loader and the plots. pyiqa (NIQE, MUSIQ, CLIPIQA) is PolyForm-Noncommercial: it is
+    # used when installed but never required.
+    "metrics": [
+        "lpips>=0.1.4",
+        "torchmetrics>=1.4",
+        "clean-fid>=0.1.35",
+        "scikit-image>=0.22",
+        "spandrel>=0.4",
+        "matplotlib>=3.7",
+    ],
     # xformers wheels pin one exact torch release: never a default dependency.
     "xformers": ["xformers"],
 }
