@@ -65,6 +65,7 @@ setup(
             "irib-convert-osediff=diffusers_irib.cli.convert:main",
             "irib-make-testset=diffusers_irib.cli.make_testset:main",
             "irib-evaluate=diffusers_irib.evaluation.evaluate:main",
+            "irib-plot-tradeoff=diffusers_irib.evaluation.plots:main",
         ]
     },
     classifiers=[

@@ -16,11 +16,13 @@ import pytest
 import torch
 from conftest import make_tiny_pipeline
 from lora_reference import randomize
+from metric_fakes import mean_colour, random_backbones  # noqa: F401  (a fixture)
 from PIL import Image
 from skimage import data
 from skimage.metrics import peak_signal_noise_ratio
 
 from diffusers_irib.cli.make_testset import main as make_testset
+from diffusers_irib.evaluation import library_metrics
 from diffusers_irib.evaluation.evaluate import main as evaluate
 
 BIN = Path(sys.executable).parent
@@ -142,3 +144,24 @@ def test_two_processes_give_the_one_process_results(workspace):
     for p in (workspace / "one" / "images" / "irib").glob("*.png"):
         assert torch.equal(torch.from_numpy(np.asarray(Image.open(p))),
                            torch.from_numpy(np.asarray(Image.open(workspace / "two" / "images" / "irib" / p.name))))  # fmt: skip
+
+
+@pytest.mark.usefixtures("random_backbones")
+def test_library_metrics_and_fid_fill_the_table_and_the_tradeoff_plot(workspace, monkeypatch):
+    # Random backbones for LPIPS/DISTS and a closed-form FID extractor (no weights can be downloaded here).
+    monkeypatch.setattr(library_metrics, "load_fid_extractor", lambda device: (mean_colour, ""))
+    argv = args_for(workspace, "library", "--methods", "restorer", "irib", "--metrics", "psnr", "lpips", "dists", "fid",
+                    "niqe", "--grid", "0")  # fmt: skip
+    assert evaluate(argv) == 0
+    out = workspace / "library"
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["unavailable"]) == {"niqe"}  # pyiqa is not installed here
+    hq = sorted((workspace / "testset" / "hq").glob("*.png"))
+    for row in results["rows"]:
+        assert row["lpips"] > 0 and row["dists"] > 0 and row["fid"] > 0
+        restored = [out / "images" / row["method"] / p.name for p in hq]  # FID pairs the method with the HQ set
+        assert row["fid"] == pytest.approx(library_metrics.fid_of_files(restored, hq, mean_colour), rel=1e-9)
+    per_image = list(csv.DictReader(open(out / "per_image.csv")))
+    assert "fid" not in per_image[0] and float(per_image[0]["lpips"]) > 0  # FID is per set, LPIPS per image
+    assert "| FID ↓" in (out / "results.md").read_text()
+    assert Image.open(out / "tradeoff.png").size[0] > 0  # PSNR-FID drawn (MUSIQ unavailable)

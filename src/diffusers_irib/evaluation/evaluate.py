@@ -7,8 +7,9 @@ The test set is what ``irib-make-testset`` writes (``hq/`` and ``elq/`` PNGs wit
 Each method's restored images go to ``OUT/images/<method>/``; a rerun skips the images already there
 (resumable). Under ``accelerate launch`` / ``torchrun`` every process restores its own share of the
 images and the main process computes the metrics. Outputs: ``results.json``, ``results.csv``,
-``per_image.csv``, ``results.md`` (the paper's layout, the PSNR/SSIM convention as a column) and
-``grid.png`` (the first images: ELQ | each method | HQ).
+``per_image.csv``, ``results.md`` (the paper's layout, the PSNR/SSIM convention as a column),
+``grid.png`` (the first images: ELQ | each method | HQ) and ``tradeoff.png`` (PSNR against MUSIQ
+and FID, the paper's Figure 7; ``irib-plot-tradeoff`` draws it across a sweep of checkpoints).
 
 Methods: ``restorer`` (g alone on the ELQ: the paper's "pretrained" row), ``irib`` (f then g) and
 ``irib-lfo1``/``irib-lfo2`` (Look Forward Once), ``direct`` (a set trained with ``--mode direct``,
@@ -16,8 +17,9 @@ run as a one-step restorer), with ``--restorer-callable module:function`` ``call
 restorer on the ELQ) and ``irib+callable`` (f, then that restorer: the paper's plug-and-play rows),
 and ``classical``: a Real-ESRGAN x4plus (or SwinIR, HAT ...) ``.pth`` loaded with spandrel.
 Metrics: PSNR and SSIM are computed here (``--convention y`` as the paper, ``rgb``, or ``both``).
-LPIPS, DISTS, FID, NIQE, MUSIQ and CLIPIQA need their libraries and weights: a metric that cannot
-be loaded is reported as unavailable, with the reason, and the rest of the table is still made.
+LPIPS (lpips), DISTS (torchmetrics), FID (clean-fid, folder against folder) and NIQE, MUSIQ, CLIPIQA
+(pyiqa, optional: PolyForm-Noncommercial) need their libraries and weights: a metric that cannot be
+loaded is reported as unavailable, with the reason, and the rest of the table is still made.
 """
 
 from __future__ import annotations
@@ -218,9 +220,10 @@ def restore_method(pipe, method: str, names: list[str], args, plug, state) -> in
 
 
 # --------------------------------------------------------------------------- metrics
-def metric_functions(names: list[str], conventions: list[str]) -> tuple[dict[str, Callable], dict[str, str]]:
-    """Full-reference metrics that can run here, and why the others cannot."""
+def metric_functions(names: list[str], conventions: list[str], device) -> tuple[dict[str, Callable], dict[str, str]]:
+    """Per-image metrics that can run here, and why the others cannot (FID is scored per folder)."""
     from .. import metrics
+    from .library_metrics import load_image_metric
 
     available: dict[str, Callable] = {}
     unavailable: dict[str, str] = {}
@@ -229,8 +232,8 @@ def metric_functions(names: list[str], conventions: list[str]) -> tuple[dict[str
             for convention in conventions:
                 fn = getattr(metrics, name)
                 available[f"{name}_{convention}"] = lambda x, y, fn=fn, c=convention: fn(x, y, convention=c)
-        else:
-            loaded, reason = _library_metric(name)
+        elif name != "fid":
+            loaded, reason = load_image_metric(name, device)
             if loaded is None:
                 unavailable[name] = reason
             else:
@@ -238,31 +241,25 @@ def metric_functions(names: list[str], conventions: list[str]) -> tuple[dict[str
     return available, unavailable
 
 
-def _library_metric(name: str) -> tuple[Optional[Callable], str]:
-    """LPIPS from ``lpips`` when its backbone weights are cached; the others from ``pyiqa``."""
-    if name == "lpips":
-        import torch
+def method_fids(methods: list[str], names: list[str], args, device, unavailable: dict[str, str]) -> dict[str, float]:
+    """FID of every method's restored images against the HQ images (clean-fid, 'clean' mode)."""
+    from . import library_metrics
 
-        weights = Path(torch.hub.get_dir()) / "checkpoints" / "alexnet-owt-7be5be79.pth"
-        if not weights.is_file():
-            return None, f"LPIPS-Alex needs torchvision's AlexNet weights ({weights}); run once online to cache them"
-        import lpips
-
-        net = lpips.LPIPS(net="alex", verbose=False).eval()
-        return (lambda x, y: float(net(x[None] * 2 - 1, y[None] * 2 - 1).item())), ""
-    try:
-        import pyiqa  # noqa: F401  (PolyForm-Noncommercial licence: optional, never a dependency)
-    except ImportError:
-        return None, "needs pyiqa (pip install pyiqa; PolyForm-Noncommercial licence) and its weights"
-    if name == "fid":
-        return None, "FID compares folders: computed after the per-image metrics (not implemented yet)"
-    try:
-        metric = pyiqa.create_metric(name, device="cpu")
-    except Exception as err:  # pyiqa downloads its weights on creation: offline this fails
-        return None, f"pyiqa could not load {name}: {str(err).splitlines()[0] if str(err) else type(err).__name__}"
-    if getattr(metric, "metric_mode", "FR") == "NR":  # no-reference (NIQE, MUSIQ, CLIPIQA): the image alone
-        return (lambda x, y: float(metric(x[None]).item())), ""
-    return (lambda x, y: float(metric(x[None], y[None]).item())), ""
+    if "fid" not in args.metrics:
+        return {}
+    if len(names) < 2:
+        unavailable["fid"] = f"FID needs at least 2 images, the test set has {len(names)}"
+        return {}
+    extractor, reason = library_metrics.load_fid_extractor(device)
+    if extractor is None:
+        unavailable["fid"] = reason
+        return {}
+    reference = [Path(args.testset) / "hq" / f"{n}.png" for n in names]
+    return {
+        method: library_metrics.fid_of_files([Path(args.output) / "images" / method / f"{n}.png" for n in names],
+                                             reference, extractor, device)  # fmt: skip
+        for method in methods
+    }
 
 
 def score_images(method: str, names: list[str], args, functions: dict[str, Callable]) -> list[dict]:
@@ -279,8 +276,10 @@ def score_images(method: str, names: list[str], args, functions: dict[str, Calla
 
 
 # --------------------------------------------------------------------------- outputs
-def summary_rows(per_image: list[dict], methods: list[str], conventions: list[str], metrics: list[str]) -> list[dict]:
-    """One row per method and convention: the mean of every metric, in the table's columns."""
+def summary_rows(
+    per_image: list[dict], methods: list[str], conventions: list[str], metrics: list[str], fids: dict[str, float]
+) -> list[dict]:
+    """One row per method and convention: the mean of every per-image metric and the method's FID."""
     rows = []
     for method in methods:
         mine = [r for r in per_image if r["method"] == method]
@@ -289,6 +288,9 @@ def summary_rows(per_image: list[dict], methods: list[str], conventions: list[st
                                    "lfo": "x" if not METHODS[method][1] else f"x{METHODS[method][1]}",
                                    "convention": convention, "images": len(mine)}  # fmt: skip
             for metric in metrics:
+                if metric == "fid":
+                    row[metric] = fids.get(method)
+                    continue
                 key = f"{metric}_{convention}" if metric in ("psnr", "ssim") else metric
                 values = [r[key] for r in mine if key in r]
                 row[metric] = sum(values) / len(values) if values else None
@@ -321,6 +323,9 @@ def write_results(out: Path, per_image: list[dict], rows: list[dict], unavailabl
             paper, metrics=args.metrics
         )
     notes = "".join(f"- {m}: unavailable ({why})\n" for m, why in unavailable.items())
+    if any(r.get("fid") is not None for r in rows):
+        notes += (f"- fid: clean-fid's 'clean' mode, each method's {rows[0]['images']} images against hq/; below 2048 "
+                  "images it compares only with FIDs over the same images\n")  # fmt: skip
     (out / "results.md").write_text(table + ("\n" + notes if notes else ""), encoding="utf-8")
 
 
@@ -341,6 +346,23 @@ def write_grid(out: Path, names: list[str], methods: list[str], testset: Path) -
         for j, image in enumerate(row):
             grid.paste(image.resize((width, height)), (j * width, i * height))
     save_image(grid, out / "grid.png", overwrite=True)
+
+
+def write_tradeoff(out: Path, rows: list[dict], unavailable: dict[str, str]) -> None:
+    """``tradeoff.png``: every method as a point on the PSNR-MUSIQ and PSNR-FID planes (Figure 7)."""
+    from .plots import TRADEOFF_METRICS, Series, tradeoff_figure
+
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        print("tradeoff.png skipped: it needs matplotlib (pip install matplotlib)")
+        return
+    y_rows = [r for r in rows if r["convention"] == rows[0]["convention"]]
+    series = [Series(r["method"], [(r["method"], r)], joined=False) for r in y_rows]
+    drawn = tradeoff_figure(series, out / "tradeoff.png", title=f"{len(y_rows)} methods, {y_rows[0]['images']} images")
+    if not drawn:
+        why = "; ".join(f"{m}: {unavailable.get(m, 'not asked for')}" for m in TRADEOFF_METRICS)
+        print(f"tradeoff.png skipped: no MUSIQ or FID ({why})")
 
 
 # --------------------------------------------------------------------------- main
@@ -380,12 +402,14 @@ def run(args: argparse.Namespace) -> int:
     if not state.is_main_process:
         return 0
     conventions = list(CONVENTIONS) if args.convention == "both" else [args.convention]
-    functions, unavailable = metric_functions(args.metrics, conventions)
+    functions, unavailable = metric_functions(args.metrics, conventions, state.device)
     per_image = [r for method in args.methods for r in score_images(method, names, args, functions)]
-    rows = summary_rows(per_image, args.methods, conventions, args.metrics)
+    fids = method_fids(args.methods, names, args, state.device, unavailable)
+    rows = summary_rows(per_image, args.methods, conventions, args.metrics, fids)
     write_results(Path(args.output), per_image, rows, unavailable, args)
     if args.grid:
         write_grid(Path(args.output), names[: args.grid], args.methods, Path(args.testset))
+    write_tradeoff(Path(args.output), rows, unavailable)
     print(f"wrote {Path(args.output) / 'results.md'}")
     return 0
 

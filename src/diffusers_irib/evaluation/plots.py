@@ -1,0 +1,170 @@
+"""The paper's Figure 7: fidelity against perception, PSNR-MUSIQ and PSNR-FID, as PNG (matplotlib).
+
+    irib-plot-tradeoff runs/blur0 runs/blur0.5 runs/blur1 runs/blur2 -o tradeoff.png \\
+        --labels "blur 0" "blur 0.5" "blur 1" "blur 2" --baseline runs/finetuned:direct --paper div2k
+
+Each RUN is an ``irib-evaluate`` output folder; its ``results.json`` row of ``--method`` (convention
+y) becomes one point, and the points of the runs are joined in the order given: a sweep of
+checkpoints, e.g. the ``--loss_blur`` sweep of the paper's Table 3. ``--baseline RUN:METHOD`` adds a
+lone reference point and ``--paper`` the paper's own Table 3 curve. ``irib-evaluate`` also draws
+one of these across the methods it scored (``tradeoff.png``, no lines).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from ..cli.common import CLIError, add_common_arguments, make_parser, run_guarded
+from .tables import METRIC_DIRECTIONS
+
+PROG = "irib-plot-tradeoff"
+#: The y axes of Figure 7, each against PSNR.
+TRADEOFF_METRICS = ("musiq", "fid")
+LABELS = {"psnr": "PSNR (dB)", "musiq": "MUSIQ", "fid": "FID", "ssim": "SSIM", "lpips": "LPIPS"}
+
+
+@dataclass
+class Series:
+    """Points of one curve: ``joined`` draws a line through them in order (a sweep)."""
+
+    name: str
+    points: list[tuple[str, dict]] = field(default_factory=list)  # (label, metric values)
+    joined: bool = True
+    marker: str = "o"
+
+
+def axis_label(metric: str) -> str:
+    arrow = "↑" if METRIC_DIRECTIONS.get(metric, 1) > 0 else "↓"
+    return f"{LABELS.get(metric, metric.upper())} {arrow}"
+
+
+def plottable(series: list[Series], metric: str) -> bool:
+    return any(values.get("psnr") is not None and values.get(metric) is not None
+               for s in series for _, values in s.points)  # fmt: skip
+
+
+def tradeoff_figure(series: list[Series], path: Path, title: str = "", metrics=TRADEOFF_METRICS) -> list[str]:
+    """Draw one panel per metric (against PSNR) that has values; returns the metrics drawn.
+
+    Nothing is written when no panel has a value, since an empty plot would only mislead.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display needed
+    import matplotlib.pyplot as plt
+
+    drawn = [m for m in metrics if plottable(series, m)]
+    if not drawn:
+        return []
+    fig, axes = plt.subplots(1, len(drawn), figsize=(5.2 * len(drawn), 4.2), squeeze=False)
+    for panel, (ax, metric) in enumerate(zip(axes[0], drawn)):
+        for s in series:
+            points = [(label, v["psnr"], v[metric]) for label, v in s.points
+                      if v.get("psnr") is not None and v.get(metric) is not None]  # fmt: skip
+            if not points:
+                continue
+            xs, ys = [p[1] for p in points], [p[2] for p in points]
+            ax.plot(xs, ys, marker=s.marker, linestyle="-" if s.joined and len(points) > 1 else "none", label=s.name)
+            for label, x, y in points:
+                ax.annotate(label, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        ax.set_xlabel(axis_label("psnr"))
+        ax.set_ylabel(axis_label(metric))
+        ax.set_title(f"({chr(ord('a') + panel)}) PSNR-{LABELS.get(metric, metric)}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    tmp.replace(path)
+    return drawn
+
+
+# --------------------------------------------------------------------------- sweep CLI
+def run_row(run: Path, method: str) -> dict:
+    """The ``method`` row (Y convention when present) of one irib-evaluate run."""
+    results = run / "results.json"
+    if not results.is_file():
+        raise CLIError(f"{str(run)!r} has no results.json (is it an irib-evaluate output folder?)")
+    try:
+        rows = json.loads(results.read_text(encoding="utf-8"))["rows"]
+    except (ValueError, KeyError) as err:
+        raise CLIError(f"{str(results)!r} is not an irib-evaluate results file: {err}") from None
+    mine = [r for r in rows if r["method"] == method]
+    if not mine:
+        have = sorted({r["method"] for r in rows})
+        raise CLIError(f"{str(run)!r} has no method {method!r} (it has: {', '.join(have)})")
+    return next((r for r in mine if r.get("convention") == "y"), mine[0])
+
+
+def paper_series(dataset: str) -> list[Series]:
+    """The paper's Table 3: its blur sweep as a curve and the fine-tuned baseline as a lone point."""
+    from .paper import paper_rows
+
+    rows = paper_rows(dataset, "Table 3")
+    sweep = Series(f"paper {dataset.upper()}: OSEDiff + Ours", marker="s")
+    baseline = Series(f"paper {dataset.upper()}: fine-tuned", joined=False, marker="^")
+    for row in rows:
+        if "blur" in row.method:
+            sweep.points.append((row.method.split("(")[-1].rstrip(")"), row.as_dict()))
+        else:
+            baseline.points.append(("fine-tuned", row.as_dict()))
+    return [sweep, baseline]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = make_parser(PROG, __doc__)
+    parser.add_argument("runs", nargs="*", metavar="RUN", help="irib-evaluate output folders, in sweep order.")
+    parser.add_argument("-o", "--output", default="tradeoff.png", help="The PNG to write (default tradeoff.png).")
+    parser.add_argument("--method", default="irib", help="The method row of each run (default irib).")
+    parser.add_argument("--labels", nargs="+", default=None, help="One label per run (default: the folder names).")
+    parser.add_argument("--name", default="ours", help="Legend name of the sweep (default ours).")
+    parser.add_argument("--baseline", action="append", default=[], metavar="RUN:METHOD",
+                        help="A reference point, e.g. runs/finetuned:direct (repeatable).")  # fmt: skip
+    parser.add_argument("--paper", choices=["div2k", "div8k"], default=None, help="Add the paper's Table 3.")
+    parser.add_argument("--title", default="", help="A title above the panels.")
+    add_common_arguments(parser)
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    if not args.runs and not args.paper and not args.baseline:
+        raise CLIError("nothing to plot: give RUN folders, --baseline or --paper")
+    if args.labels is not None and len(args.labels) != len(args.runs):
+        raise CLIError(f"--labels has {len(args.labels)} entries for {len(args.runs)} runs")
+    output = Path(args.output)
+    if output.exists() and not args.overwrite:
+        raise CLIError(f"{str(output)!r} exists; pass --overwrite to replace it")
+    labels = args.labels or [Path(r).name for r in args.runs]
+    series: list[Series] = []
+    if args.runs:
+        series.append(Series(args.name, [(label, run_row(Path(r), args.method)) for label, r in zip(labels, args.runs)]))
+    for spec in args.baseline:
+        folder, _, method = spec.rpartition(":")
+        if not folder or not method:
+            raise CLIError(f"--baseline must look like RUN:METHOD, got {spec!r}")
+        series.append(Series(f"{Path(folder).name}: {method}", [(method, run_row(Path(folder), method))], joined=False, marker="^"))
+    if args.paper:
+        series += paper_series(args.paper)
+    drawn = tradeoff_figure(series, output, args.title)
+    if not drawn:
+        raise CLIError("no point has PSNR together with MUSIQ or FID (were they unavailable in these runs?)")
+    print(f"wrote {output} (PSNR against {', '.join(m.upper() for m in drawn)})")
+    return 0
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    return run_guarded(PROG, args.debug, lambda: run(args))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
