@@ -150,3 +150,13 @@ def test_plot_errors_name_the_problem(tmp_path, capsys):
             plot_tradeoff([*argv, "-o", str(tmp_path / "x.png")])
         assert info.value.code == 2 and message in capsys.readouterr().err
     assert not (tmp_path / "x.png").exists()
+
+
+def test_a_pyiqa_metric_whose_weights_cannot_be_fetched_is_unavailable(monkeypatch):
+    def create_metric(name, device):
+        raise OSError("We couldn't connect to 'https://huggingface.co' to load this file")
+
+    monkeypatch.setitem(sys.modules, "pyiqa", types.SimpleNamespace(create_metric=create_metric))
+    monkeypatch.setattr(library_metrics, "hub_offline", lambda: True)
+    score, reason = library_metrics.load_image_metric("clipiqa")
+    assert score is None and "pyiqa could not load it: We couldn't connect" in reason and "HF_HUB_OFFLINE" in reason

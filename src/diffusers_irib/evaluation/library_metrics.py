@@ -112,11 +112,6 @@ def load_image_metric(name: str, device: torch.device | str = "cpu") -> tuple[Op
             import pyiqa  # noqa: F401
         except ImportError:
             return None, f"{name} needs pyiqa (pip install pyiqa; PolyForm-Noncommercial licence) and its weights"
-        if hub_offline():  # pyiqa fetches its weights from the Hub on creation
-            try:
-                return load_pyiqa_metric(name, device), ""
-            except Exception as err:  # noqa: BLE001 (weights not cached offline: any error pyiqa raises)
-                return None, f"pyiqa could not load {name} offline (HF_HUB_OFFLINE is set): {_reason('pyiqa', err)}"
         loader, library, missing = (lambda d: load_pyiqa_metric(name, d)), "pyiqa", None
     else:
         raise ValueError(f"{name!r} is not a per-image library metric")
@@ -127,7 +122,8 @@ def load_image_metric(name: str, device: torch.device | str = "cpu") -> tuple[Op
     except ImportError as err:
         return None, f"{name} needs {library}: pip install {library} ({err})"
     except Exception as err:  # noqa: BLE001 (a failed download or a damaged cache: reported, not raised)
-        return None, _reason(library, err)
+        offline = " (HF_HUB_OFFLINE is set and its weights are not cached)" if hub_offline() else ""
+        return None, _reason(library, err) + offline
 
 
 # --------------------------------------------------------------------------- FID

@@ -1,0 +1,127 @@
+"""How severe is the ELQ test set, and what does the evaluator cost beyond the model calls?
+
+    python benchmarks/bench_testset_severity.py              # 7 photos, 512 px, seed 0
+    python benchmarks/bench_testset_severity.py --size 256
+
+(a) Severity. ``irib-make-testset --also-lq`` on the seven scikit-image colour photos that reach
+    512 px after the short-side resize (bundled with a dependency, so this runs offline). PSNR and
+    SSIM against the HQ crops, on the Y channel (the paper's convention) and on RGB, of:
+    the LQ inputs, the ELQ inputs, and bicubic round trips at the presets' scales (HQ shrunk by 4 or
+    16 with area averaging, enlarged back bicubically): the resolution loss alone, without noise,
+    blur or JPEG.
+(b) Evaluator cost on the tiny random pipeline (so it runs anywhere): ``irib-evaluate`` with
+    ``restorer`` and ``irib`` on the ELQ set, against the same pipeline calls made directly on the
+    same images. The difference per image and method is the evaluator's own work (PNG reading and
+    writing, resumability checks, PSNR/SSIM, the grid and tables). Prints, never asserts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from skimage import data
+
+from diffusers_irib.cli.images import load_image, pil_to_tensor
+from diffusers_irib.cli.make_testset import main as make_testset
+from diffusers_irib.evaluation.evaluate import main as evaluate
+from diffusers_irib.metrics import psnr, ssim
+
+PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "retina", "hubble_deep_field", "immunohistochemistry")
+
+
+def folder_tensors(folder: Path) -> dict[str, torch.Tensor]:
+    return {p.stem: pil_to_tensor(load_image(p)) for p in sorted(folder.glob("*.png"))}
+
+
+def bicubic_round_trip(hq: torch.Tensor, scale: int) -> torch.Tensor:
+    h, w = hq.shape[-2:]
+    small = F.interpolate(hq[None], size=(h // scale, w // scale), mode="area")
+    return F.interpolate(small, size=(h, w), mode="bicubic", align_corners=False)[0].clamp(0, 1)
+
+
+def mean_scores(pairs: list[tuple[torch.Tensor, torch.Tensor]], convention: str) -> tuple[float, float]:
+    p = float(np.mean([psnr(x, y, convention=convention) for x, y in pairs]))
+    s = float(np.mean([ssim(x, y, convention=convention) for x, y in pairs]))
+    return p, s
+
+
+def severity(testset: Path) -> None:
+    hq, lq, elq = (folder_tensors(testset / k) for k in ("hq", "lq", "elq"))
+    rows = {
+        "LQ input (preset lq)": [(lq[n], hq[n]) for n in hq],
+        "ELQ input (preset elq)": [(elq[n], hq[n]) for n in hq],
+        "bicubic round trip x4": [(bicubic_round_trip(hq[n], 4), hq[n]) for n in hq],
+        "bicubic round trip x16": [(bicubic_round_trip(hq[n], 16), hq[n]) for n in hq],
+    }
+    print(f"\n(a) severity, {len(hq)} photos, {next(iter(hq.values())).shape[-1]} px")
+    print(f"{'input':<26} {'PSNR-Y':>7} {'SSIM-Y':>7} {'PSNR-RGB':>9} {'SSIM-RGB':>9}")
+    for name, pairs in rows.items():
+        (py, sy), (pr, sr) = mean_scores(pairs, "y"), mean_scores(pairs, "rgb")
+        print(f"{name:<26} {py:7.2f} {sy:7.3f} {pr:9.2f} {sr:9.3f}")
+
+
+def evaluator_cost(root: Path, testset: Path) -> None:
+    from diffusers_irib.tiny import make_tiny_pipeline
+
+    pipe = make_tiny_pipeline(with_adapter_sets=True)
+    pipe.save_pretrained(root / "base")
+    for role in ("projector", "restorer"):
+        pipe.save_adapter_set(root / role, role)
+    pipe.set_progress_bar_config(disable=True)
+    elq = list(folder_tensors(testset / "elq").values())
+    methods = {"restorer": {"use_projector": False}, "irib": {"lfo_steps": 0}}
+    with torch.no_grad():
+        pipe(elq[0], output_type="pt")  # warm-up: the first call pays one-off costs the evaluator pays too
+    start = time.perf_counter()
+    with torch.no_grad():
+        for kwargs in methods.values():
+            for image in elq:
+                pipe(image, output_type="pt", color_fix="adain", **kwargs)
+    direct = time.perf_counter() - start
+
+    argv = [str(testset), str(root / "results"), "--base", str(root / "base"), "--projector", str(root / "projector"),
+            "--restorer", str(root / "restorer"), "--methods", *methods, "--metrics", "psnr", "ssim", "--convention",
+            "both", "--grid", "4"]  # fmt: skip
+    start = time.perf_counter()
+    evaluate(argv)
+    full = time.perf_counter() - start
+    start = time.perf_counter()
+    evaluate(argv)  # resumed: nothing left to restore, only loading, scoring and writing
+    resumed = time.perf_counter() - start
+    n = len(elq) * len(methods)
+    print(f"\n(b) evaluator on the tiny pipeline, {len(elq)} images x {len(methods)} methods")
+    print(f"direct pipeline calls     {direct / n * 1000:8.1f} ms per image and method")
+    print(f"irib-evaluate, full run   {full / n * 1000:8.1f} ms per image and method ({n / full:.2f} images/s)")
+    print(f"evaluator overhead        {(full - direct) / n * 1000:8.1f} ms per image and method "
+          "(includes loading the pipeline once)")  # fmt: skip
+    print(f"rerun, all images there   {resumed:8.2f} s (load, score, write tables)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--eval-size", type=int, default=128, help="Crop size for the evaluator timing (tiny model).")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        (root / "photos").mkdir()
+        for name in PHOTOS:
+            Image.fromarray(getattr(data, name)()).convert("RGB").save(root / "photos" / f"{name}.png")
+        make_testset([str(root / "photos"), str(root / "set"), "--also-lq", "--size", str(args.size),
+                      "--seed", str(args.seed)])  # fmt: skip
+        severity(root / "set")
+        make_testset([str(root / "photos"), str(root / "small"), "--size", str(args.eval_size), "--seed", str(args.seed)])
+        evaluator_cost(root, root / "small")
+
+
+if __name__ == "__main__":
+    main()
