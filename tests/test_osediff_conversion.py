@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import fractions
-import pickle
 
 import pytest
 import torch
@@ -12,6 +11,7 @@ from lora_reference import ManualOneStep
 from osediff_reference import make_osediff_checkpoint, osediff_vae_list
 
 from diffusers_irib.adapters import (
+    CheckpointReadError,
     add_adapter_set,
     convert_osediff_checkpoint,
     convert_osediff_state_dict,
@@ -118,8 +118,12 @@ def test_conversion_refuses_real_conflicts_only(osediff, tmp_path):
         convert_osediff_state_dict(checkpoint, (torch.zeros(32, 4, 5, 5), torch.zeros(32)))
     # weights_only=True: a pickle holding an arbitrary object is never unpickled.
     torch.save({"rank_unet": fractions.Fraction(1, 3)}, tmp_path / "evil.pkl")
-    with pytest.raises(pickle.UnpicklingError):
+    with pytest.raises(CheckpointReadError, match=r"other than tensors \(fractions.Fraction\) and is refused") as info:
         convert_osediff_checkpoint(tmp_path / "evil.pkl", tmp_path / "out")
+    assert "weights_only" not in str(info.value) and not (tmp_path / "out").exists()
+    (tmp_path / "short.pkl").write_bytes((tmp_path / "evil.pkl").read_bytes()[:100])
+    with pytest.raises(CheckpointReadError, match="is truncated or damaged"):
+        convert_osediff_checkpoint(tmp_path / "short.pkl", tmp_path / "out")
 
 
 def test_conversion_reads_the_base_conv_in_from_a_base_folder(osediff, tmp_path):

@@ -28,7 +28,13 @@ from .config import (
     MODEL_CARD_NAME,
     AdapterSetConfig,
 )
-from .conversion import convert_osediff_checkpoint, convert_osediff_state_dict, load_base_conv_in
+from .conversion import (
+    CheckpointReadError,
+    convert_osediff_checkpoint,
+    convert_osediff_state_dict,
+    load_base_conv_in,
+    read_checkpoint,
+)
 from .lifecycle import add_adapter_set, delete_adapter_set, unload_adapter_sets
 from .registry import unwrap_model
 from .serialization import detached_peft_layers, load_adapter_set, load_adapter_set_weights, save_adapter_set
@@ -63,6 +69,7 @@ __all__ = [
     "adapter_set_parameters",
     "add_adapter_set",
     "base_architecture",
+    "CheckpointReadError",
     "convert_osediff_checkpoint",
     "convert_osediff_state_dict",
     "delete_adapter_set",
@@ -76,6 +83,7 @@ __all__ = [
     "load_adapter_set",
     "load_adapter_set_weights",
     "load_base_conv_in",
+    "read_checkpoint",
     "osediff_unet_adapter_groups",
     "osediff_unet_target_modules",
     "osediff_vae_target_modules",

@@ -19,6 +19,7 @@ The trained conv_in and its rank-r LoRA become one exact full-rank LoRA with a b
 from __future__ import annotations
 
 import os
+import pickle
 import re
 from collections.abc import Mapping
 from typing import Any, Optional, Union
@@ -32,7 +33,49 @@ from .lifecycle import base_conv_in, lora_config
 from .serialization import check_adapter_tensors, check_finite, lora_metadata, write_adapter_set
 from .targets import base_architecture, unique_in_order
 
-__all__ = ["convert_osediff_checkpoint", "convert_osediff_state_dict", "load_base_conv_in"]
+__all__ = [
+    "CheckpointReadError",
+    "convert_osediff_checkpoint",
+    "convert_osediff_state_dict",
+    "load_base_conv_in",
+    "read_checkpoint",
+]
+
+_UNSAFE_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
+
+
+class CheckpointReadError(ValueError):
+    """A checkpoint that cannot be read, or not safely: the message says which, in this package's
+    words (torch's own advice for a refused pickle is to load it unsafely, which we never suggest)."""
+
+
+def read_checkpoint(path: Union[str, os.PathLike]) -> Any:
+    """``torch.load(weights_only=True)``: tensors, lists, dicts and numbers only, never arbitrary objects."""
+    name = os.fspath(path)
+    try:
+        return torch.load(name, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        message = str(err)
+        found = _UNSAFE_GLOBAL.search(message)
+        if found or "Unsupported global" in message:
+            what = f" ({found.group(1)})" if found else ""
+            raise CheckpointReadError(
+                f"checkpoint {name!r} contains Python objects other than tensors{what} and is refused as unsafe: "
+                "loading it could run arbitrary code. OSEDiff's osediff.pkl holds only tensors and plain containers"
+            ) from err
+        raise CheckpointReadError(f"checkpoint {name!r} is not a PyTorch checkpoint (a torch.save file), or it is damaged") from err
+    except EOFError as err:
+        raise CheckpointReadError(f"checkpoint {name!r} is truncated or damaged") from err
+    except RuntimeError as err:
+        message = str(err)
+        if "zip archive" in message or "PytorchStreamReader" in message:
+            raise CheckpointReadError(f"checkpoint {name!r} is truncated or damaged") from err
+        if "weights_only" in message:  # any other refusal of torch's safe loader
+            raise CheckpointReadError(
+                f"checkpoint {name!r} holds data that cannot be read safely (only tensors and plain containers are accepted)"
+            ) from err
+        raise
+
 
 OSEDIFF_VAE_ADAPTER = "default_encoder"
 OSEDIFF_LORA_ALPHA = 8.0  # peft's default lora_alpha, which OSEDiff never overrides
@@ -240,11 +283,11 @@ def convert_osediff_checkpoint(
     """Convert OSEDiff's released ``osediff.pkl`` into an adapter-set folder (safetensors, no pickle).
 
     The file is read with ``torch.load(weights_only=True)``: only tensors and plain containers
-    are accepted, never arbitrary objects. The base conv_in comes from ``unet`` when given, else from
+    are accepted, never arbitrary objects (:class:`CheckpointReadError` says why a file is refused). The base conv_in comes from ``unet`` when given, else from
     the base model's UNet weights. With ``unet``/``vae`` the result is also checked against them
     (targets, ranks, shapes) and their architecture is recorded.
     """
-    checkpoint = torch.load(os.fspath(pkl_path), map_location="cpu", weights_only=True)
+    checkpoint = read_checkpoint(pkl_path)
     if not isinstance(checkpoint, Mapping):
         raise ValueError(f"{pkl_path} does not hold a dict, so it is not an OSEDiff checkpoint")
     base_conv = None

@@ -12,8 +12,6 @@ from __future__ import annotations
 import argparse
 import errno
 import os
-import pickle
-import re
 import sys
 from pathlib import Path
 
@@ -22,7 +20,6 @@ from .files import PlannedFile, check_output_dir, check_plan
 from .models import DEFAULT_BASE_MODEL
 
 PROG = "irib-convert-osediff"
-UNSAFE_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
 WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
 
 
@@ -65,23 +62,11 @@ def planned_files(output_dir: Path) -> list[PlannedFile]:
 
 
 def checkpoint_error(path: str, err: BaseException) -> CLIError:
-    """Say in our own words why a checkpoint cannot be read (never torch's advice to unpickle anyway)."""
-    message = str(err)
-    if isinstance(err, pickle.UnpicklingError):
-        found = UNSAFE_GLOBAL.search(message)
-        if found or "Unsupported global" in message:
-            what = f" ({found.group(1)})" if found else ""
-            return CLIError(
-                f"checkpoint {path!r} contains Python objects other than tensors{what} and is refused as unsafe: "
-                "loading it could run arbitrary code. OSEDiff's osediff.pkl holds only tensors and plain containers"
-            )
-        return CLIError(f"checkpoint {path!r} is not a PyTorch checkpoint (a torch.save file), or it is damaged")
-    if isinstance(err, EOFError) or "zip archive" in message or "PytorchStreamReader" in message:
-        return CLIError(f"checkpoint {path!r} is truncated or damaged")
-    if "weights_only" in message:  # any other refusal of torch's safe loader
-        return CLIError(
-            f"checkpoint {path!r} holds data that cannot be read safely (only tensors and plain containers are accepted)"
-        )
+    """A checkpoint the library refused (its message names the file and why), or any other failure."""
+    from ..adapters import CheckpointReadError
+
+    if isinstance(err, CheckpointReadError):
+        return CLIError(str(err))
     return CLIError(f"cannot convert {path!r}: {first_line(err)}", code=1)
 
 
@@ -112,7 +97,7 @@ def convert(args: argparse.Namespace, unet, vae):
                 f"cannot write the adapter set to {args.output_dir!r}: {err.strerror or err}", code=1
             ) from err
         raise checkpoint_error(args.osediff_pkl, err) from err
-    except (pickle.UnpicklingError, EOFError, ValueError, RuntimeError) as err:
+    except (ValueError, RuntimeError) as err:
         raise checkpoint_error(args.osediff_pkl, err) from err
 
 
