@@ -293,3 +293,22 @@ def test_written_files_follow_the_umask(tmp_path):
         os.umask(old)
     modes = {name: (tmp_path / "out" / name).stat().st_mode & 0o777 for name in os.listdir(tmp_path / "out")}
     assert set(modes.values()) == {0o640}, modes
+
+
+def test_batches_change_the_memory_not_the_files(tmp_path):
+    # Parameters are drawn for the whole run up front, so batch 1 writes what one batch of 3 writes.
+    from skimage import data
+
+    for name in ("coffee", "chelsea", "rocket"):
+        Image.fromarray(getattr(data, name)()).save(tmp_path / f"{name}.png")
+    argv = ["-i", str(tmp_path / "*.png"), "--preset", "elq", "--preset", "lq", "--size", "64", "--seed", "5"]
+    assert degrade_main([*argv, "-o", str(tmp_path / "one"), "--batch-size", "3"]) == 0
+    assert degrade_main([*argv, "-o", str(tmp_path / "each"), "--batch-size", "1"]) == 0
+    for name in ("coffee", "chelsea", "rocket"):
+        for kind in ("elq", "lq"):
+            a = np.asarray(Image.open(tmp_path / "one" / f"{name}_{kind}.png"))
+            b = np.asarray(Image.open(tmp_path / "each" / f"{name}_{kind}.png"))
+            assert np.array_equal(a, b), (name, kind)
+            params_a = json.loads((tmp_path / "one" / f"{name}_{kind}_params.json").read_text())
+            params_b = json.loads((tmp_path / "each" / f"{name}_{kind}_params.json").read_text())
+            assert params_a == params_b

@@ -75,6 +75,12 @@ def degrade_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--no-resize-back", action="store_true", help="Keep the LQ at SIZE / scale instead of SIZE.")
     parser.add_argument("--device", default="cpu", help="torch device (default cpu).")
+    parser.add_argument(
+        "--batch-size",
+        type=int_in(1, 4096),
+        default=16,
+        help="Images degraded at once (default 16); the files do not depend on it, only the memory does.",
+    )
     add_common_arguments(parser)
     return parser
 
@@ -181,18 +187,27 @@ def to_batch(images: list, device):
     return torch.stack([pil_to_tensor(im) for im in images]).to(device)
 
 
-def degrade_all(hq, presets: list[Preset], args: argparse.Namespace, device) -> dict:
-    """Every preset on the whole batch, each with parameters drawn from one seeded generator."""
+def sample_all(count: int, presets: list[Preset], args: argparse.Namespace, device) -> dict:
+    """Every image's parameters for every preset, drawn up front from one seeded generator, so that
+    the files do not depend on how the images are split into batches."""
     import torch
 
     from ..degradations import RealESRGANDegradation
 
     generator = torch.Generator().manual_seed(args.seed)
-    results = {}
+    sampled = {}
     for preset in presets:
         degrade = RealESRGANDegradation(preset.config)
-        params = degrade.sample(hq.shape[0], args.size, args.size, generator=generator, device=device)
-        results[preset.name] = (degrade(hq, params, resize_back=not args.no_resize_back), params, preset.config)
+        sampled[preset.name] = (degrade, degrade.sample(count, args.size, args.size, generator=generator, device=device))
+    return sampled
+
+
+def degrade_batch(hq, indices: list[int], sampled: dict, args: argparse.Namespace) -> dict:
+    """Every preset on one batch of images (their indices in the whole run)."""
+    results = {}
+    for name, (degrade, params) in sampled.items():
+        mine = params.select(indices)
+        results[name] = (degrade(hq, mine, resize_back=not args.no_resize_back), mine, degrade.config)
     return results
 
 
@@ -235,10 +250,14 @@ def run(args: argparse.Namespace) -> int:
     check_output_dir(output)
     check_plan(planned_files(paths, presets, output), paths, args.overwrite)
     device = resolve_device(args.device)
-    images = read_inputs(paths, args.size)
-    hq = to_batch(images, device)
-    results = degrade_all(hq, presets, args, device)
-    written = write_outputs(paths, images, hq, results, args, output)
+    images = read_inputs(paths, args.size)  # 8-bit crops: every file is read before any is written
+    sampled = sample_all(len(paths), presets, args, device)
+    written = 0
+    for start in range(0, len(paths), args.batch_size):  # float tensors for one batch at a time
+        indices = list(range(start, min(start + args.batch_size, len(paths))))
+        hq = to_batch([images[i] for i in indices], device)
+        results = degrade_batch(hq, indices, sampled, args)
+        written += write_outputs([paths[i] for i in indices], [images[i] for i in indices], hq, results, args, output)
     print(f"wrote {written} files to {output}")
     return 0
 
