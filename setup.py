@@ -21,6 +21,8 @@ extras = {
         "spandrel>=0.4",
         "matplotlib>=3.7",
     ],
+    # The irib-web page (Gradio Blocks; gr.ImageSlider is built in from 5.0).
+    "web": ["gradio>=5.0"],
     # xformers wheels pin one exact torch release: never a default dependency.
     "xformers": ["xformers"],
 }
@@ -28,6 +30,7 @@ extras["dev"] = sorted(
     set(extras["train"]) - {"bitsandbytes>=0.43; platform_system == 'Linux'"}
     | set(extras["metrics"])
     | {"pytest>=8", "pytest-xdist>=3.5", "scipy>=1.10", "torchvision", "ruff>=0.17,<0.18"}
+    | {"gradio>=5.0", "selenium>=4.20"}
 )
 
 setup(
@@ -62,6 +65,7 @@ setup(
             "irib-degrade=diffusers_irib.cli.degrade:main",
             "irib-restore=diffusers_irib.cli.restore:main",
             "irib-demo=diffusers_irib.cli.demo:main",
+            "irib-web=diffusers_irib.cli.web:main",
             "irib-convert-osediff=diffusers_irib.cli.convert:main",
             "irib-make-testset=diffusers_irib.cli.make_testset:main",
             "irib-evaluate=diffusers_irib.evaluation.evaluate:main",

@@ -84,8 +84,9 @@ def is_available(spec: ModelSpec) -> bool:
         return False
 
 
-def missing_models_message(specs: list[ModelSpec]) -> str | None:
-    """None when every model is there; else one paragraph per missing model."""
+def missing_models_message(specs: list[ModelSpec], tiny_command: str = "irib-demo --tiny") -> str | None:
+    """None when every model is there; else one paragraph per missing model (``tiny_command``: the
+    command that shows the pipeline without weights, named in the last line)."""
     missing = [s for s in specs if not is_available(s)]
     if not missing:
         return None
@@ -97,7 +98,7 @@ def missing_models_message(specs: list[ModelSpec]) -> str | None:
         lines.append(
             f"  - {spec.role}: {spec.name_or_path!r}\n      how to get it: " + HOW_TO_GET[spec.role].format(id=default)
         )
-    lines.append("To see the whole pipeline run without any weights, use `irib-demo --tiny`.")
+    lines.append(f"To see the whole pipeline run without any weights, use `{tiny_command}`.")
     if _UNREACHABLE:
         lines.append("The Hub could not be reached; on a machine without network set HF_HUB_OFFLINE=1 to skip it.")
     return "\n".join(lines)
