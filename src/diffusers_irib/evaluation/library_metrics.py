@@ -20,7 +20,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-__all__ = ["fid_of_files", "load_fid_extractor", "load_image_metric"]
+__all__ = ["fid_features", "fid_from_features", "fid_of_files", "load_fid_extractor", "load_image_metric"]
 
 #: One image metric: (restored, reference), each (3, H, W) in [0, 1], to a float.
 ImageMetric = Callable[[torch.Tensor, torch.Tensor], float]
@@ -142,23 +142,31 @@ def load_fid_extractor(device: torch.device | str = "cpu") -> tuple[Optional[Cal
         return None, _reason("clean-fid", err)
 
 
-def fid_of_files(
-    files: Sequence[Path], reference_files: Sequence[Path], extractor: Callable, device: torch.device | str = "cpu",
-    batch_size: int = 8,
-) -> float:  # fmt: skip
-    """FID between two lists of images: clean-fid's 'clean' resizing, features, and Frechet distance.
+def fid_features(files: Sequence[Path], extractor: Callable, device: torch.device | str = "cpu", batch_size: int = 8) -> np.ndarray:
+    """Features of a list of images, resized as clean-fid's 'clean' mode does (PIL bicubic to 299 px)."""
+    from cleanfid import fid
 
-    Lists rather than folders, so a ``--num-images`` run scores exactly the images it restored. With
-    fewer images than feature dimensions the covariances are rank-deficient: such a FID is only
+    features = fid.get_files_features([str(f) for f in files], model=extractor, num_workers=0, batch_size=batch_size,
+                                      device=torch.device(device), mode="clean", verbose=False)  # fmt: skip
+    return np.asarray(features, dtype=np.float64)
+
+
+def fid_from_features(features: np.ndarray, reference_features: np.ndarray) -> float:
+    """The Frechet distance between the Gaussians fitted to two feature sets (clean-fid's formula).
+
+    With fewer images than feature dimensions the covariances are rank-deficient: such a FID is only
     comparable with FIDs over the same number of images.
     """
     from cleanfid import fid
 
-    if len(files) < 2 or len(reference_files) < 2:
-        raise ValueError(f"FID needs at least 2 images on each side, got {len(files)} and {len(reference_files)}")
-    features = [
-        fid.get_files_features([str(f) for f in group], model=extractor, num_workers=0, batch_size=batch_size,
-                               device=torch.device(device), mode="clean", verbose=False)
-        for group in (files, reference_files)
-    ]  # fmt: skip
-    return float(fid.fid_from_feats(*[np.asarray(f, dtype=np.float64) for f in features]))
+    if len(features) < 2 or len(reference_features) < 2:
+        raise ValueError(f"FID needs at least 2 images on each side, got {len(features)} and {len(reference_features)}")
+    return float(fid.fid_from_feats(features, reference_features))
+
+
+def fid_of_files(
+    files: Sequence[Path], reference_files: Sequence[Path], extractor: Callable, device: torch.device | str = "cpu"
+) -> float:
+    """FID between two lists of images (lists rather than folders, so a ``--num-images`` run scores
+    exactly the images it restored)."""
+    return fid_from_features(fid_features(files, extractor, device), fid_features(reference_files, extractor, device))
