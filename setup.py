@@ -37,8 +37,7 @@ setup(
     name="diffusers-irib",
     version="0.1.0.dev0",
     description=(
-        "Extreme blind image restoration with a prompt-conditioned information bottleneck "
-        "(IRIB), built on diffusers."
+        "Extreme blind image restoration with a prompt-conditioned information bottleneck (IRIB), built on diffusers."
     ),
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",

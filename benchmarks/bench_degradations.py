@@ -128,7 +128,9 @@ def main() -> None:
             unet_ms = unet_step_ms(device, 16, 512, dtype)
             degrade_ms = {p: bench(p, device, 16, 512, args.repeats)["total"] for p in ("lq", "elq")}
             for preset, ms in degrade_ms.items():
-                print(f"cuda {preset} batch 16 @512: {ms:.1f} ms = {100 * ms / unet_ms:.1f}% of an SD2.1 UNet fwd+bwd ({unet_ms:.0f} ms, {dtype})")
+                print(
+                    f"cuda {preset} batch 16 @512: {ms:.1f} ms = {100 * ms / unet_ms:.1f}% of an SD2.1 UNet fwd+bwd ({unet_ms:.0f} ms, {dtype})"
+                )
 
 
 if __name__ == "__main__":

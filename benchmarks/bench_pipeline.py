@@ -128,7 +128,9 @@ def build(device: torch.device, dtype: torch.dtype) -> IRIBRestorationPipeline:
         num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False
     )
     unet, vae, text_encoder = build_unet(), build_vae(), build_text_encoder()
-    pipe = IRIBRestorationPipeline(vae=vae, text_encoder=text_encoder, tokenizer=build_tokenizer(), unet=unet, scheduler=scheduler)
+    pipe = IRIBRestorationPipeline(
+        vae=vae, text_encoder=text_encoder, tokenizer=build_tokenizer(), unet=unet, scheduler=scheduler
+    )
     pipe.add_adapter_set("projector")
     pipe.add_adapter_set("restorer", trainable=False)
     pipe.set_progress_bar_config(disable=True)
@@ -153,7 +155,9 @@ def main() -> None:
     size = args.size or (512 if gpu else 256)
     dtype = DTYPES[args.dtype or ("fp16" if gpu else "fp32")]
     name = torch.cuda.get_device_name(device) if gpu else "CPU"
-    print(f"torch {torch.__version__}, {name}, {dtype}, {args.threads} threads, image {size}x{size}, repeats {args.repeats}")
+    print(
+        f"torch {torch.__version__}, {name}, {dtype}, {args.threads} threads, image {size}x{size}, repeats {args.repeats}"
+    )
 
     start = time.perf_counter()
     pipe = build(device, dtype)
@@ -190,7 +194,8 @@ def main() -> None:
         wall, parts = min(runs, key=lambda run: run[0])  # best call: least disturbed by other processes
         total, walls[lfo] = sum(parts.values()), wall
         print(
-            f"{lfo:>3} {wall:9.1f} " + " ".join(f"{parts[c]:9.1f}" for c in COMPONENTS)
+            f"{lfo:>3} {wall:9.1f} "
+            + " ".join(f"{parts[c]:9.1f}" for c in COMPONENTS)
             + f" {total:9.1f} {wall - total:9.1f} {100 * (wall - total) / wall:6.2f} {peak_memory_mib(device):9.0f}"
         )
     memory = "torch.cuda.max_memory_allocated" if gpu else "resident set size (ru_maxrss)"
@@ -221,7 +226,10 @@ def main() -> None:
     for _ in range(5):
         with pipe.use_adapter_set("projector"):
             pass
-    print(f"adapter-set switch (use_adapter_set enter + exit): {(time.perf_counter() - start) / 5 * 1000:.1f} ms, 2 per call")
+    print(
+        f"adapter-set switch (use_adapter_set enter + exit): {(time.perf_counter() - start) / 5 * 1000:.1f} ms, 2 per call"
+    )
+
 
 if __name__ == "__main__":
     main()

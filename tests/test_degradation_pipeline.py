@@ -208,7 +208,9 @@ def test_filter2d_on_an_image_smaller_than_the_kernel():
 
 def test_count_levels_matches_torch_unique():
     torch.manual_seed(0)
-    images = torch.stack([torch.rand(3, 20, 20), torch.full((3, 20, 20), 0.5), (torch.rand(3, 20, 20) * 4).round() / 4])
+    images = torch.stack(
+        [torch.rand(3, 20, 20), torch.full((3, 20, 20), 0.5), (torch.rand(3, 20, 20) * 4).round() / 4]
+    )
     expected = [torch.unique((im * 255).round()).numel() for im in images]
     assert count_levels(images).tolist() == expected
 

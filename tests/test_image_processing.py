@@ -117,7 +117,9 @@ def test_adain_matches_reference_statistics():
     reference = 0.3 + 0.4 * photo("astronaut", 32)[None]  # no clamping needed
     fixed = adain_color_fix(image, reference)
     torch.testing.assert_close(fixed.mean(dim=(-2, -1)), reference.mean(dim=(-2, -1)), atol=1e-5, rtol=0)
-    torch.testing.assert_close(fixed.std(dim=(-2, -1)), reference.std(dim=(-2, -1)), atol=1e-3, rtol=0)  # eps 1e-5 in the variance
+    torch.testing.assert_close(
+        fixed.std(dim=(-2, -1)), reference.std(dim=(-2, -1)), atol=1e-3, rtol=0
+    )  # eps 1e-5 in the variance
 
 
 def test_wavelet_low_band_of_a_constant_is_the_constant_and_colour_fix_keeps_detail():

@@ -20,8 +20,12 @@ LUMA_K1 = [
     [49, 64, 78, 87, 103, 121, 120, 101],
     [72, 92, 95, 98, 112, 100, 103, 99],
 ]
-CHROMA_K2 = [[17, 18, 24, 47] + [99] * 4, [18, 21, 26, 66] + [99] * 4,
-             [24, 26, 56] + [99] * 5, [47, 66] + [99] * 6] + [[99] * 8] * 4
+CHROMA_K2 = [
+    [17, 18, 24, 47] + [99] * 4,
+    [18, 21, 26, 66] + [99] * 4,
+    [24, 26, 56] + [99] * 5,
+    [47, 66] + [99] * 6,
+] + [[99] * 8] * 4
 
 
 def _crops():
@@ -192,8 +196,7 @@ def test_non_contiguous_input():
     permuted = hwc.permute(0, 3, 1, 2)  # (B, 3, H, W) view, not contiguous
     assert not permuted.is_contiguous()
     ref = differentiable_jpeg(permuted.contiguous(), 40.0)
-    for x in (permuted, permuted.contiguous(memory_format=torch.channels_last),
-              permuted.flip(-1).flip(-1)):
+    for x in (permuted, permuted.contiguous(memory_format=torch.channels_last), permuted.flip(-1).flip(-1)):
         out = differentiable_jpeg(x, 40.0)
         assert out.is_contiguous()
         torch.testing.assert_close(out, ref, rtol=0, atol=1e-9)

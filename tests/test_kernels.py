@@ -63,7 +63,9 @@ def test_generalized_gaussian_matches_closed_form(beta):
 
 def test_generalized_gaussian_with_beta_one_is_the_gaussian():
     args = (t(2.0), t(1.1), t(0.7))
-    torch.testing.assert_close(K.generalized_gaussian_kernel(13, *args, t(1.0)), K.anisotropic_gaussian_kernel(13, *args))
+    torch.testing.assert_close(
+        K.generalized_gaussian_kernel(13, *args, t(1.0)), K.anisotropic_gaussian_kernel(13, *args)
+    )
 
 
 @pytest.mark.parametrize("beta", [1.0, 1.5, 2.0])
@@ -122,7 +124,16 @@ def test_mixed_kernel_sampler_follows_probabilities_and_sizes():
     assert set(sizes) == set(range(7, 22, 2))
     probs = (0.45, 0.25, 0.12, 0.03, 0.12, 0.03)
     kernels, families = K.random_mixed_kernels(
-        sizes, KERNEL_TYPES, probs, (0.2, 3.0), (-math.pi, math.pi), (0.5, 4.0), (1.0, 2.0), 0.1, pad_to=21, generator=g
+        sizes,
+        KERNEL_TYPES,
+        probs,
+        (0.2, 3.0),
+        (-math.pi, math.pi),
+        (0.5, 4.0),
+        (1.0, 2.0),
+        0.1,
+        pad_to=21,
+        generator=g,
     )
     assert kernels.shape == (n, 21, 21)
     torch.testing.assert_close(kernels.sum(dim=(-2, -1)), torch.ones(n, dtype=torch.float64))

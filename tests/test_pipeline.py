@@ -114,7 +114,9 @@ def test_lfo_call_count_contract_and_prompt_sources(pipe, k):
     counter = CallCounter(pipe)
     extractor = RecordingExtractor()
     image = smooth_image()
-    out = pipe(image, lfo_steps=k, prompt_extractor=extractor, output_type="np", color_fix=None, return_intermediates=True)
+    out = pipe(
+        image, lfo_steps=k, prompt_extractor=extractor, output_type="np", color_fix=None, return_intermediates=True
+    )
     assert counter.counts == {
         "encoder_projector": 1,
         "encoder_restorer": 1,
@@ -167,7 +169,9 @@ def test_adapter_sets_load_by_path_into_a_bare_base(pipe, tmp_path):
     pipe.save_adapter_set(tmp_path / "rest", "restorer")
     bare = make_tiny_pipeline()
     bare.save_pretrained(tmp_path / "base")
-    loaded = IRIBRestorationPipeline.from_pretrained(tmp_path / "base", projector=tmp_path / "proj", restorer=tmp_path / "rest")
+    loaded = IRIBRestorationPipeline.from_pretrained(
+        tmp_path / "base", projector=tmp_path / "proj", restorer=tmp_path / "rest"
+    )
     loaded.set_progress_bar_config(disable=True)
     torch.testing.assert_close(loaded(image, output_type="pt").images, expected, atol=1e-6, rtol=0)
 
@@ -197,7 +201,9 @@ def test_latent_tiles_blend_without_seams(pipe, monkeypatch):
 def test_tiling_switches_vae_tiling_on_for_the_call_only(pipe, monkeypatch):
     states = []
     original = pipe.vae.encoder.forward
-    monkeypatch.setattr(pipe.vae.encoder, "forward", lambda *args: states.append(pipe.vae.use_tiling) or original(*args))
+    monkeypatch.setattr(
+        pipe.vae.encoder, "forward", lambda *args: states.append(pipe.vae.use_tiling) or original(*args)
+    )
     out = pipe(smooth_image(64), tile_size=32, tile_overlap=16, output_type="pt")
     assert out.images.shape == (1, 3, 64, 64) and torch.isfinite(out.images).all()
     assert not pipe.vae.use_tiling
@@ -298,5 +304,7 @@ def test_half_precision_pipeline_runs_and_stays_close_to_fp32(pipe):
 
 
 def test_a_prompt_list_gives_each_image_its_own_prompt(pipe):
-    out = pipe([torch.rand(3, 16, 16), torch.rand(3, 8, 8), torch.rand(3, 16, 16)], prompt=["a", "b", "c"], output_type="pt")
+    out = pipe(
+        [torch.rand(3, 16, 16), torch.rand(3, 8, 8), torch.rand(3, 16, 16)], prompt=["a", "b", "c"], output_type="pt"
+    )
     assert out.prompts == [["a", "b", "c"], ["a", "b", "c"]]

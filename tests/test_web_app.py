@@ -78,7 +78,9 @@ def test_bundled_photo_gives_the_restored_image_every_round_and_a_download(resto
 
 def test_degrading_first_changes_the_input_shown_and_is_reproducible(restorer):
     def shown(degrade="none", seed=0):
-        result = restorer.restore(bundled_image_path(), RestoreOptions(degrade=degrade, degrade_seed=seed, lfo_steps=0))
+        result = restorer.restore(
+            bundled_image_path(), RestoreOptions(degrade=degrade, degrade_seed=seed, lfo_steps=0)
+        )
         assert result.ok, result.message
         return pixels(result.comparison[0]), result
 
@@ -109,7 +111,11 @@ def test_bad_uploads_get_a_message_naming_the_problem(pipe, workdir, tmp_path):
     text.write_text("these are notes, not a picture\n")
     cases = {
         text: ["'notes.png' is not an image", "unknown format"],
-        save_png(tmp_path / "big.png", 120, 100): ["120x100 px (12000 pixels)", "at most 10000 pixels", "downscale it first"],
+        save_png(tmp_path / "big.png", 120, 100): [
+            "120x100 px (12000 pixels)",
+            "at most 10000 pixels",
+            "downscale it first",
+        ],
         save_png(tmp_path / "dot.png", 1, 1): ["1x1 px", "too small", "at least 4 px a side"],
         tmp_path / "gone.png": ["'gone.png' is gone"],
     }
@@ -215,7 +221,9 @@ def test_build_demo_constructs_the_page_in_the_work_folder(pipe, workdir, monkey
     config = json.dumps(demo.get_config_file())
     assert "UNTRAINED" in config and "irib-restore" in config and "irib-slider" in config
     assert (workdir.root / "samples" / "astronaut.png").is_file()  # the example is served from the work folder
-    missing = build_demo(None, missing_message="These models are missing:\n  - base: 'x'\n      how to get it: y", workdir=workdir)
+    missing = build_demo(
+        None, missing_message="These models are missing:\n  - base: 'x'\n      how to get it: y", workdir=workdir
+    )
     config = json.dumps(missing.get_config_file())
     assert "**base**: 'x'" in config and "how to get it: y" in config
 
@@ -233,7 +241,9 @@ def test_the_callback_turns_page_values_into_outputs(pipe, workdir, tmp_path):
     text = tmp_path / "x.png"
     text.write_text("no")
     with pytest.warns(UserWarning, match="not an image"):  # gr.Warning outside a page: a Python warning
-        status, comparison, gallery, prompts, download = callback(str(text), "none", 0, 2, "", "none", "adain", 1, "auto")
+        status, comparison, gallery, prompts, download = callback(
+            str(text), "none", 0, 2, "", "none", "adain", 1, "auto"
+        )
     assert status.startswith("**Not restored:** 'x.png' is not an image")
     assert (comparison, gallery, prompts, download) == (None, [], "", None)  # the last results are cleared
     assert message_markdown("A:\n  - base: 'b'\n      how: c\nEnd.") == "A:\n\n**base**: 'b'  \nhow: c\n\nEnd."

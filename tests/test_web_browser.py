@@ -78,7 +78,18 @@ def server(tmp_path):
     env.pop("GRADIO_TEMP_DIR", None)
     with open(log, "w") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "diffusers_irib.cli.web", "--tiny", "--port", str(port), "--max-side", "96", "--max-upload-mb", "1"],
+            [
+                sys.executable,
+                "-m",
+                "diffusers_irib.cli.web",
+                "--tiny",
+                "--port",
+                str(port),
+                "--max-side",
+                "96",
+                "--max-upload-mb",
+                "1",
+            ],
             stdout=out,
             stderr=subprocess.STDOUT,
             cwd=cwd,
@@ -168,6 +179,7 @@ def test_restore_in_the_browser(server, browser, tmp_path):
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (700, 700, 3), dtype=np.uint8)).save(heavy)
     browser.find_element(By.CSS_SELECTOR, "#irib-input button[aria-label='Remove Image']").click()
     browser.find_element(By.CSS_SELECTOR, "#irib-input input[type=file]").send_keys(str(heavy))
+
     def upload_refusal(d):  # Gradio's toast (it may close again before a second look)
         text = d.find_element(By.TAG_NAME, "body").text
         return next((line for line in text.splitlines() if "exceed the maximum allowed size" in line), None)

@@ -49,7 +49,9 @@ def _numpy_to_tensor(array: np.ndarray) -> torch.Tensor:
     if scaled.ndim == 2:
         scaled = scaled[:, :, None]
     if scaled.ndim != 3 or scaled.shape[2] not in (1, 3, 4):
-        raise ValueError(f"image: numpy arrays must be H x W or H x W x C with C in (1, 3, 4), got shape {array.shape}")
+        raise ValueError(
+            f"image: numpy arrays must be H x W or H x W x C with C in (1, 3, 4), got shape {array.shape}"
+        )
     if scaled.shape[2] == 4:  # alpha on white, as for PIL
         rgb, alpha = scaled[:, :, :3], scaled[:, :, 3:]
         scaled = rgb * alpha + (1.0 - alpha)
@@ -126,13 +128,18 @@ def pad_to_multiple(image: torch.Tensor, multiple: int = 8) -> tuple[torch.Tenso
 def adain_color_fix(image: torch.Tensor, reference: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
     """Give ``image`` the per-channel mean and standard deviation of ``reference`` (B, 3, H, W)."""
     mean_i, std_i = image.mean(dim=(-2, -1), keepdim=True), (image.var(dim=(-2, -1), keepdim=True) + eps).sqrt()
-    mean_r, std_r = reference.mean(dim=(-2, -1), keepdim=True), (reference.var(dim=(-2, -1), keepdim=True) + eps).sqrt()
+    mean_r, std_r = (
+        reference.mean(dim=(-2, -1), keepdim=True),
+        (reference.var(dim=(-2, -1), keepdim=True) + eps).sqrt(),
+    )
     return ((image - mean_i) / std_i * std_r + mean_r).clamp(0, 1)
 
 
 def wavelet_low_frequency(image: torch.Tensor, levels: int = 5) -> torch.Tensor:
     """The coarsest band of an a-trous wavelet decomposition (3x3 binomial kernel, dilation 2^i)."""
-    kernel = torch.tensor([[1.0, 2.0, 1.0], [2.0, 4.0, 2.0], [1.0, 2.0, 1.0]], dtype=image.dtype, device=image.device) / 16
+    kernel = (
+        torch.tensor([[1.0, 2.0, 1.0], [2.0, 4.0, 2.0], [1.0, 2.0, 1.0]], dtype=image.dtype, device=image.device) / 16
+    )
     kernel = kernel.expand(image.shape[1], 1, 3, 3)
     low = image
     for level in range(levels):

@@ -185,9 +185,13 @@ def prior_loss(
         if literal_eq17:
             grad = eps_fake - real_score(noisy, t, prompt_embeds).float()
         else:
-            eps_neg, eps_pos = real_score(
-                torch.cat([noisy, noisy]), torch.cat([t, t]), torch.cat([negative_prompt_embeds, prompt_embeds])
-            ).float().chunk(2)
+            eps_neg, eps_pos = (
+                real_score(
+                    torch.cat([noisy, noisy]), torch.cat([t, t]), torch.cat([negative_prompt_embeds, prompt_embeds])
+                )
+                .float()
+                .chunk(2)
+            )
             eps_real = eps_neg + guidance_scale * (eps_pos - eps_neg)
             a, b = x0_coefficients(scheduler, t)
             a, b = a.to(lat.device), b.to(lat.device)

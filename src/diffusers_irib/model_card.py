@@ -27,9 +27,9 @@ _BASE_TAGS = ["lora", "image-restoration", "super-resolution", "irib", "diffuser
 _USAGE = {
     "projector": (
         'pipe.load_adapter_set("REPO_OR_PATH_OF_A_RESTORER", role="restorer")  # e.g. a converted OSEDiff\n'
-        'out = pipe(image, lfo_steps=2)  # ELQ -> projector -> LQ proxy -> restorer -> HQ'
+        "out = pipe(image, lfo_steps=2)  # ELQ -> projector -> LQ proxy -> restorer -> HQ"
     ),
-    "restorer": 'out = pipe(image, use_projector=False)  # the restorer alone, LQ -> HQ',
+    "restorer": "out = pipe(image, use_projector=False)  # the restorer alone, LQ -> HQ",
 }
 
 
@@ -44,7 +44,11 @@ def _degradation_text(preset) -> str:
     if isinstance(preset, str):
         return f"`{preset}`"
     name, version = preset.get("preset_name", "custom"), preset.get("preset_version")
-    return f"`{name}`" + (f" (version {version})" if version is not None else "") + ", full config in `adapter_set_config.json`"
+    return (
+        f"`{name}`"
+        + (f" (version {version})" if version is not None else "")
+        + ", full config in `adapter_set_config.json`"
+    )
 
 
 def adapter_set_model_card(

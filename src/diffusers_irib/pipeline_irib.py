@@ -115,7 +115,9 @@ class IRIBRestorationPipeline(DiffusionPipeline):
         self.prompt_extractor: Optional[Callable[[list[PIL.Image.Image]], list[str]]] = None
 
     # ------------------------------------------------------------------ adapter sets
-    def add_adapter_set(self, role: str, rank: int = 4, alpha: Optional[float] = None, **kwargs) -> adapters.AdapterSetConfig:
+    def add_adapter_set(
+        self, role: str, rank: int = 4, alpha: Optional[float] = None, **kwargs
+    ) -> adapters.AdapterSetConfig:
         """Add a fresh, trainable adapter set (UNet LoRA + VAE-encoder LoRA on OSEDiff's targets,
         rank 4, alpha 2 x rank, gaussian init) and activate it. See :func:`adapters.add_adapter_set`."""
         return adapters.add_adapter_set(self.unet, self.vae, role, rank=rank, alpha=alpha, **kwargs)
@@ -241,7 +243,9 @@ class IRIBRestorationPipeline(DiffusionPipeline):
             cache.update(zip(missing, hidden.unbind(0)))
         return torch.stack([cache[p] for p in prompts]).to(device)
 
-    def _unet_noise(self, latents: torch.Tensor, prompt_embeds: torch.Tensor, tile_size: Optional[int], tile_overlap: int) -> torch.Tensor:
+    def _unet_noise(
+        self, latents: torch.Tensor, prompt_embeds: torch.Tensor, tile_size: Optional[int], tile_overlap: int
+    ) -> torch.Tensor:
         """The UNet's noise prediction at t=999, over overlapping latent tiles when the latent is
         larger than ``tile_size`` pixels, blended with a Gaussian window so no seams show."""
         latent_tile = None if tile_size is None else tile_size // self.vae_scale_factor
@@ -261,7 +265,9 @@ class IRIBRestorationPipeline(DiffusionPipeline):
             weight[..., y : y + th, x : x + tw] += window
         return noise / weight
 
-    def _extract_prompts(self, extractor: Optional[Callable], images: torch.Tensor, user_prompt: Optional[list[str]]) -> list[str]:
+    def _extract_prompts(
+        self, extractor: Optional[Callable], images: torch.Tensor, user_prompt: Optional[list[str]]
+    ) -> list[str]:
         """Prompts for one round: the user's, else the extractor's on ``images`` ([0, 1]), else ""."""
         if user_prompt is not None:
             return user_prompt
@@ -299,19 +305,39 @@ class IRIBRestorationPipeline(DiffusionPipeline):
             return generator
         if isinstance(generator, (list, tuple)) and all(isinstance(g, torch.Generator) for g in generator):
             if len(generator) != n:
-                raise ValueError(f"got {len(generator)} generators for {n} images: pass one per image, or a single one")
+                raise ValueError(
+                    f"got {len(generator)} generators for {n} images: pass one per image, or a single one"
+                )
             return list(generator)
         raise TypeError(f"generator must be a torch.Generator or a list of them, got {type(generator).__name__}")
 
-    def check_inputs(self, prompt, lfo_steps, prompt_extractor, restorer, use_projector, upscale, color_fix, output_type, tile_size, tile_overlap) -> None:
+    def check_inputs(
+        self,
+        prompt,
+        lfo_steps,
+        prompt_extractor,
+        restorer,
+        use_projector,
+        upscale,
+        color_fix,
+        output_type,
+        tile_size,
+        tile_overlap,
+    ) -> None:
         if not isinstance(lfo_steps, int) or isinstance(lfo_steps, bool) or lfo_steps < 0:
             raise ValueError(f"lfo_steps must be a non-negative integer, got {lfo_steps!r}")
         if lfo_steps > 0 and not use_projector:
             raise ValueError("lfo_steps > 0 refines the projector's prompt: it needs use_projector=True")
-        if prompt is not None and not isinstance(prompt, str) and not (isinstance(prompt, list) and all(isinstance(p, str) for p in prompt)):
+        if (
+            prompt is not None
+            and not isinstance(prompt, str)
+            and not (isinstance(prompt, list) and all(isinstance(p, str) for p in prompt))
+        ):
             raise TypeError(f"prompt must be a string or a list of strings, got {type(prompt).__name__}")
         if prompt_extractor is not None and not callable(prompt_extractor):
-            raise TypeError(f"prompt_extractor must be callable (list of PIL images -> list of str), got {type(prompt_extractor).__name__}")
+            raise TypeError(
+                f"prompt_extractor must be callable (list of PIL images -> list of str), got {type(prompt_extractor).__name__}"
+            )
         if restorer is not None and not callable(restorer):
             raise TypeError(f"restorer must be a callable or a diffusers pipeline, got {type(restorer).__name__}")
         if not isinstance(use_projector, bool):
@@ -325,8 +351,14 @@ class IRIBRestorationPipeline(DiffusionPipeline):
         if tile_size is None and tile_overlap is not None:
             raise ValueError(f"tile_overlap={tile_overlap!r} was given without tile_size: tiling is off")
         if tile_size is not None:
-            if not isinstance(tile_size, int) or tile_size < 8 * self.vae_scale_factor or tile_size % self.vae_scale_factor:
-                raise ValueError(f"tile_size must be a multiple of {self.vae_scale_factor} and >= {8 * self.vae_scale_factor}, got {tile_size!r}")
+            if (
+                not isinstance(tile_size, int)
+                or tile_size < 8 * self.vae_scale_factor
+                or tile_size % self.vae_scale_factor
+            ):
+                raise ValueError(
+                    f"tile_size must be a multiple of {self.vae_scale_factor} and >= {8 * self.vae_scale_factor}, got {tile_size!r}"
+                )
             if tile_overlap is not None and (not isinstance(tile_overlap, int) or not 0 <= tile_overlap < tile_size):
                 raise ValueError(f"tile_overlap must be an integer in [0, tile_size), got {tile_overlap!r}")
         needed = (["projector"] if use_projector else []) + (["restorer"] if restorer is None else [])
@@ -388,7 +420,18 @@ class IRIBRestorationPipeline(DiffusionPipeline):
         """
         # 1. Check inputs
         prompt_extractor = prompt_extractor if prompt_extractor is not None else self.prompt_extractor
-        self.check_inputs(prompt, lfo_steps, prompt_extractor, restorer, use_projector, upscale, color_fix, output_type, tile_size, tile_overlap)
+        self.check_inputs(
+            prompt,
+            lfo_steps,
+            prompt_extractor,
+            restorer,
+            use_projector,
+            upscale,
+            color_fix,
+            output_type,
+            tile_size,
+            tile_overlap,
+        )
         if tile_size is not None and tile_overlap is None:
             tile_overlap = tile_size // 3 // self.vae_scale_factor * self.vae_scale_factor
         images = to_tensors(image)
@@ -396,7 +439,13 @@ class IRIBRestorationPipeline(DiffusionPipeline):
         generators = self._per_image_generators(generator, len(images))
         if isinstance(prompt, list) and len(prompt) not in (1, len(images)):
             raise ValueError(f"prompt has {len(prompt)} entries for {len(images)} images")
-        user_prompts = None if prompt is None else [prompt] * len(images) if isinstance(prompt, str) else prompt * (len(images) // len(prompt))
+        user_prompts = (
+            None
+            if prompt is None
+            else [prompt] * len(images)
+            if isinstance(prompt, str)
+            else prompt * (len(images) // len(prompt))
+        )
 
         # 2. Images of one size form one batch; others run one after another
         groups: dict[tuple[int, int], list[int]] = {}
@@ -407,7 +456,20 @@ class IRIBRestorationPipeline(DiffusionPipeline):
             batch = torch.stack([images[i] for i in indices])
             user = None if user_prompts is None else [user_prompts[i] for i in indices]
             group_generator = generators if not isinstance(generators, list) else [generators[i] for i in indices]
-            out = self._restore_batch(batch, user, lfo_steps, prompt_extractor, restorer, use_projector, upscale, color_fix, group_generator, tile_size, tile_overlap, return_intermediates)
+            out = self._restore_batch(
+                batch,
+                user,
+                lfo_steps,
+                prompt_extractor,
+                restorer,
+                use_projector,
+                upscale,
+                color_fix,
+                group_generator,
+                tile_size,
+                tile_overlap,
+                return_intermediates,
+            )
             for j, i in enumerate(indices):  # per image: its outputs, and its entry of every round
                 results[i] = {
                     "hq": out["hq"][j],
@@ -435,12 +497,32 @@ class IRIBRestorationPipeline(DiffusionPipeline):
             for k in range(steps):
                 items = [r["intermediates"][k] for r in results]
                 same = len({tuple(x.shape) for x in items}) == 1
-                intermediates.append(postprocess(torch.stack(items), output_type) if same else [postprocess(x[None], output_type)[0] for x in items])
+                intermediates.append(
+                    postprocess(torch.stack(items), output_type)
+                    if same
+                    else [postprocess(x[None], output_type)[0] for x in items]
+                )
         if not return_dict:
             return (hq, lq, prompts) + ((intermediates,) if return_intermediates else ())
-        return IRIBRestorationPipelineOutput(images=hq, lq_images=lq, prompts=prompts, intermediate_lq_images=intermediates)
+        return IRIBRestorationPipelineOutput(
+            images=hq, lq_images=lq, prompts=prompts, intermediate_lq_images=intermediates
+        )
 
-    def _restore_batch(self, batch, user_prompt, lfo_steps, extractor, restorer, use_projector, upscale, color_fix, generator, tile_size, tile_overlap, keep_intermediates=False) -> dict:
+    def _restore_batch(
+        self,
+        batch,
+        user_prompt,
+        lfo_steps,
+        extractor,
+        restorer,
+        use_projector,
+        upscale,
+        color_fix,
+        generator,
+        tile_size,
+        tile_overlap,
+        keep_intermediates=False,
+    ) -> dict:
         """Steps 3-7 for one batch of same-size images (B, 3, H, W) in [0, 1]."""
         device = self._execution_device
         # 3. Preprocess: upscale, pad to the VAE's multiple, map to [-1, 1]
@@ -499,7 +581,9 @@ class IRIBRestorationPipeline(DiffusionPipeline):
         if color_fix is not None:
             reference = lq01
             if reference.shape[-2:] != hq01.shape[-2:]:
-                reference = torch.nn.functional.interpolate(reference, size=hq01.shape[-2:], mode="bicubic").clamp(0, 1)
+                reference = torch.nn.functional.interpolate(reference, size=hq01.shape[-2:], mode="bicubic").clamp(
+                    0, 1
+                )
             hq01 = COLOR_FIXES[color_fix](hq01, reference)
         return {"hq": hq01, "lq": lq01, "prompts": prompts_per_round, "intermediates": intermediates}
 

@@ -206,7 +206,9 @@ def _module_device_dtype(model: Any) -> tuple[torch.device, torch.dtype]:
     return torch.device("cpu"), torch.float32
 
 
-def _load_model_and_processor(model_cls, processor_cls, pretrained_model_name_or_path, device, dtype, load_kwargs: dict):
+def _load_model_and_processor(
+    model_cls, processor_cls, pretrained_model_name_or_path, device, dtype, load_kwargs: dict
+):
     """A frozen, eval-mode transformers model and its processor, from a folder or a Hub id."""
     path = os.fspath(pretrained_model_name_or_path)
     model = model_cls.from_pretrained(path, **load_kwargs, **({"dtype": dtype} if dtype is not None else {}))
@@ -373,7 +375,9 @@ class CLIPTagger:
         from transformers import AutoProcessor, CLIPModel
 
         own, load_kwargs = _split_kwargs(cls, kwargs)
-        model, processor = _load_model_and_processor(CLIPModel, AutoProcessor, pretrained_model_name_or_path, device, dtype, load_kwargs)
+        model, processor = _load_model_and_processor(
+            CLIPModel, AutoProcessor, pretrained_model_name_or_path, device, dtype, load_kwargs
+        )
         return cls(model, processor, tags=list(DEFAULT_TAGS if tags is None else tags), **own)
 
     # -- scoring ------------------------------------------------------------------------------
@@ -389,7 +393,11 @@ class CLIPTagger:
         chunks = []
         for batch in _batches(texts, self.batch_size):
             enc = self.tokenizer(
-                list(batch), padding=True, truncation=max_length is not None, max_length=max_length, return_tensors="pt"
+                list(batch),
+                padding=True,
+                truncation=max_length is not None,
+                max_length=max_length,
+                return_tensors="pt",
             )
             enc = {k: v.to(device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
             chunks.append(_features(self.model.get_text_features(**enc)).float())
@@ -410,7 +418,9 @@ class CLIPTagger:
         out = []
         for batch in _batches(images, self.batch_size):
             pixels = self.image_processor(images=list(batch), return_tensors="pt")["pixel_values"]
-            feats = _features(self.model.get_image_features(pixel_values=pixels.to(device=device, dtype=dtype))).float()
+            feats = _features(
+                self.model.get_image_features(pixel_values=pixels.to(device=device, dtype=dtype))
+            ).float()
             feats = feats / feats.norm(dim=-1, keepdim=True)
             out.append((scale * feats @ text.t()).softmax(dim=-1).cpu())
         return torch.cat(out)
@@ -682,7 +692,9 @@ class RAMTagger:
             if isinstance(result, str):
                 result = [result]
             if not isinstance(result, (list, tuple)) or len(result) != len(batch):
-                raise RuntimeError(f"ram.inference_ram returned {type(result).__name__}, expected {len(batch)} strings")
+                raise RuntimeError(
+                    f"ram.inference_ram returned {type(result).__name__}, expected {len(batch)} strings"
+                )
             out.extend(_split_ram_tags(str(r)) for r in result)
         return out
 

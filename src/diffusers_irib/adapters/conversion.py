@@ -63,7 +63,9 @@ def read_checkpoint(path: Union[str, os.PathLike]) -> Any:
                 f"checkpoint {name!r} contains Python objects other than tensors{what} and is refused as unsafe: "
                 "loading it could run arbitrary code. OSEDiff's osediff.pkl holds only tensors and plain containers"
             ) from err
-        raise CheckpointReadError(f"checkpoint {name!r} is not a PyTorch checkpoint (a torch.save file), or it is damaged") from err
+        raise CheckpointReadError(
+            f"checkpoint {name!r} is not a PyTorch checkpoint (a torch.save file), or it is damaged"
+        ) from err
     except EOFError as err:
         raise CheckpointReadError(f"checkpoint {name!r} is truncated or damaged") from err
     except RuntimeError as err:

@@ -198,7 +198,10 @@ def sample_all(count: int, presets: list[Preset], args: argparse.Namespace, devi
     sampled = {}
     for preset in presets:
         degrade = RealESRGANDegradation(preset.config)
-        sampled[preset.name] = (degrade, degrade.sample(count, args.size, args.size, generator=generator, device=device))
+        sampled[preset.name] = (
+            degrade,
+            degrade.sample(count, args.size, args.size, generator=generator, device=device),
+        )
     return sampled
 
 

@@ -69,26 +69,39 @@ def tile_threshold(text: str) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = make_parser(PROG, __doc__)
     parser.add_argument(
-        "--tiny", action="store_true", help="Serve a randomly initialised tiny pipeline (no weights; UNTRAINED output)."
+        "--tiny",
+        action="store_true",
+        help="Serve a randomly initialised tiny pipeline (no weights; UNTRAINED output).",
     )
     add_model_arguments(parser)
-    parser.add_argument("--extractor", choices=EXTRACTORS, default="none", help="Prompt extractor offered in the page (default none).")
+    parser.add_argument(
+        "--extractor", choices=EXTRACTORS, default="none", help="Prompt extractor offered in the page (default none)."
+    )
     parser.add_argument("--extractor-model", default=None, help="CLIP/captioner id or path, or the RAM checkpoint.")
     parser.add_argument("--dape-checkpoint", default=None, help="DAPE checkpoint for --extractor ram.")
     parser.add_argument("--prompt", default=None, help="The page's default prompt (a visitor can change it).")
     parser.add_argument(
-        "--lfo-steps", type=int_in(0, MAX_LFO_STEPS), default=2, help=f"The page's default LFO steps, 0 to {MAX_LFO_STEPS} (default 2)."
+        "--lfo-steps",
+        type=int_in(0, MAX_LFO_STEPS),
+        default=2,
+        help=f"The page's default LFO steps, 0 to {MAX_LFO_STEPS} (default 2).",
     )
-    parser.add_argument("--color-fix", choices=COLOR_FIXES, default="adain", help="The page's default colour fix (default adain).")
+    parser.add_argument(
+        "--color-fix", choices=COLOR_FIXES, default="adain", help="The page's default colour fix (default adain)."
+    )
     server = parser.add_argument_group("server")
-    server.add_argument("--host", default="127.0.0.1", help="Address to listen on (default 127.0.0.1; 0.0.0.0 for all).")
+    server.add_argument(
+        "--host", default="127.0.0.1", help="Address to listen on (default 127.0.0.1; 0.0.0.0 for all)."
+    )
     server.add_argument("--port", type=int_in(1, 65535), default=7860, help="Port (default 7860).")
     server.add_argument("--share", action="store_true", help="Also open a public gradio.live link (off by default).")
     server.add_argument(
         "--concurrency", type=int_in(1, 64), default=1,
         help="Restores processed at once (default 1; the pipeline itself runs one call at a time).",
     )  # fmt: skip
-    server.add_argument("--max-queue", type=int_in(1, 10000), default=16, help="Visitors waiting at most (default 16).")
+    server.add_argument(
+        "--max-queue", type=int_in(1, 10000), default=16, help="Visitors waiting at most (default 16)."
+    )
     limits = parser.add_argument_group("limits")
     limits.add_argument(
         "--max-upload-mb", type=float_in(0, 1024), default=20.0, help="Largest upload in MB (default 20)."
@@ -136,7 +149,11 @@ def load_models(args: argparse.Namespace, device, dtype):
         if dtype != pipe.dtype:  # built in float32: casting to it again only adds diffusers' warnings
             pipe = pipe.to(dtype=dtype)
     else:
-        specs = [ModelSpec("base", args.base), ModelSpec("projector", args.projector), ModelSpec("restorer", args.restorer)]
+        specs = [
+            ModelSpec("base", args.base),
+            ModelSpec("projector", args.projector),
+            ModelSpec("restorer", args.restorer),
+        ]
         message = missing_models_message(specs, tiny_command="irib-web --tiny")
         if message:
             return None, message
@@ -211,9 +228,14 @@ def run(args: argparse.Namespace) -> int:
             defaults=defaults,
         )
         what = "tiny UNTRAINED pipeline" if args.tiny else ("no models" if pipe is None else "models")
-        print(f"{PROG}: {what} ready in {time.perf_counter() - start:.1f} s; temporary files in {workdir.root} (removed at exit)")
+        print(
+            f"{PROG}: {what} ready in {time.perf_counter() - start:.1f} s; temporary files in {workdir.root} (removed at exit)"
+        )
         _, local_url, share_url = launch(demo, host=args.host, port=args.port, share=args.share)
-        print(f"{PROG}: serving {local_url}" + (f" and {share_url}" if share_url else "") + " (Ctrl-C stops it)", flush=True)
+        print(
+            f"{PROG}: serving {local_url}" + (f" and {share_url}" if share_url else "") + " (Ctrl-C stops it)",
+            flush=True,
+        )
         demo.block_thread()  # until Ctrl-C or SIGTERM
     finally:
         workdir.cleanup()

@@ -33,7 +33,9 @@ def inverse_covariance(sigma_x: torch.Tensor, sigma_y: torch.Tensor, theta: torc
     return torch.stack([torch.stack([xx, xy], -1), torch.stack([xy, yy], -1)], -2)
 
 
-def mahalanobis_sq(kernel_size: int, sigma_x: torch.Tensor, sigma_y: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+def mahalanobis_sq(
+    kernel_size: int, sigma_x: torch.Tensor, sigma_y: torch.Tensor, theta: torch.Tensor
+) -> torch.Tensor:
     """c^T Sigma^-1 c on the kernel grid, shape (B, k, k)."""
     xx, yy = kernel_grid(kernel_size, sigma_x.device, sigma_x.dtype)
     inv = inverse_covariance(sigma_x, sigma_y, theta)[:, :, :, None, None]
@@ -45,7 +47,9 @@ def normalize_kernel(kernel: torch.Tensor) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------- kernel formulas
-def anisotropic_gaussian_kernel(kernel_size: int, sigma_x: torch.Tensor, sigma_y: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+def anisotropic_gaussian_kernel(
+    kernel_size: int, sigma_x: torch.Tensor, sigma_y: torch.Tensor, theta: torch.Tensor
+) -> torch.Tensor:
     """exp(-0.5 m), normalised."""
     return normalize_kernel(torch.exp(-0.5 * mahalanobis_sq(kernel_size, sigma_x, sigma_y, theta)))
 
@@ -115,14 +119,18 @@ def sample_beta(n: int, beta_range: tuple[float, float], generator: torch.Genera
     return torch.where(below, low_part, high_part).clamp(lo, hi)
 
 
-def sample_odd_kernel_sizes(n: int, size_range: tuple[int, int], generator: torch.Generator | None = None) -> list[int]:
+def sample_odd_kernel_sizes(
+    n: int, size_range: tuple[int, int], generator: torch.Generator | None = None
+) -> list[int]:
     """Kernel sizes drawn uniformly from the odd integers in [min, max]."""
     lo, hi = size_range
     choices = torch.randint(0, (hi - lo) // 2 + 1, (n,), generator=generator)
     return [lo + 2 * int(c) for c in choices]
 
 
-def sample_sinc_cutoffs(kernel_sizes: list[int], generator: torch.Generator | None = None, final: bool = False) -> torch.Tensor:
+def sample_sinc_cutoffs(
+    kernel_sizes: list[int], generator: torch.Generator | None = None, final: bool = False
+) -> torch.Tensor:
     """Cutoffs as Real-ESRGAN draws them: U[pi/3, pi] for kernels < 13 taps (and the final
     filter), else U[pi/5, pi]."""
     lows = torch.tensor([math.pi / 3 if final or k < 13 else math.pi / 5 for k in kernel_sizes], dtype=torch.float64)
@@ -150,7 +158,9 @@ def random_mixed_kernels(
     n = len(kernel_sizes)
     use_sinc = torch.rand(n, generator=generator) < sinc_prob
     cutoff = sample_sinc_cutoffs(kernel_sizes, generator)
-    family_index = torch.multinomial(torch.tensor(kernel_prob, dtype=torch.float64), n, replacement=True, generator=generator)
+    family_index = torch.multinomial(
+        torch.tensor(kernel_prob, dtype=torch.float64), n, replacement=True, generator=generator
+    )
     sigma_x = _uniform(n, *sigma_range, generator)
     sigma_y = _uniform(n, *sigma_range, generator)
     theta = _uniform(n, *rotation_range, generator)

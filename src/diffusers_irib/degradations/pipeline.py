@@ -54,7 +54,9 @@ def _cpu_generator(generator: torch.Generator | None) -> torch.Generator | None:
 
 
 def _choose(probs: tuple[float, ...], n: int, generator) -> list[int]:
-    return torch.multinomial(torch.tensor(probs, dtype=torch.float64), n, replacement=True, generator=generator).tolist()
+    return torch.multinomial(
+        torch.tensor(probs, dtype=torch.float64), n, replacement=True, generator=generator
+    ).tolist()
 
 
 def _uniform(n: int, low_high: tuple[float, float], generator) -> torch.Tensor:
@@ -175,7 +177,9 @@ class RealESRGANDegradation:
         sinc = _flags(n, c.final_sinc_prob, generator)
         pad_to = c.final_kernel_size_range[1]
         kernels = [
-            pad_kernel(circular_lowpass_kernel(k, cutoff[i : i + 1]), pad_to) if sinc[i] else delta_kernel(1, pad_to, dtype=torch.float64)
+            pad_kernel(circular_lowpass_kernel(k, cutoff[i : i + 1]), pad_to)
+            if sinc[i]
+            else delta_kernel(1, pad_to, dtype=torch.float64)
             for i, k in enumerate(sizes)
         ]
         mode_index = torch.randint(0, len(c.resize_modes), (2, n), generator=generator).tolist()

@@ -254,10 +254,14 @@ def method_fids(methods: list[str], names: list[str], args, device, unavailable:
     if extractor is None:
         unavailable["fid"] = reason
         return {}
-    reference = library_metrics.fid_features([Path(args.testset) / "hq" / f"{n}.png" for n in names], extractor, device)
+    reference = library_metrics.fid_features(
+        [Path(args.testset) / "hq" / f"{n}.png" for n in names], extractor, device
+    )
     return {
         method: library_metrics.fid_from_features(
-            library_metrics.fid_features([Path(args.output) / "images" / method / f"{n}.png" for n in names], extractor, device),
+            library_metrics.fid_features(
+                [Path(args.output) / "images" / method / f"{n}.png" for n in names], extractor, device
+            ),
             reference,
         )
         for method in methods

@@ -142,7 +142,9 @@ def load_fid_extractor(device: torch.device | str = "cpu") -> tuple[Optional[Cal
         return None, _reason("clean-fid", err)
 
 
-def fid_features(files: Sequence[Path], extractor: Callable, device: torch.device | str = "cpu", batch_size: int = 8) -> np.ndarray:
+def fid_features(
+    files: Sequence[Path], extractor: Callable, device: torch.device | str = "cpu", batch_size: int = 8
+) -> np.ndarray:
     """Features of a list of images, resized as clean-fid's 'clean' mode does (PIL bicubic to 299 px)."""
     from cleanfid import fid
 
@@ -160,7 +162,9 @@ def fid_from_features(features: np.ndarray, reference_features: np.ndarray) -> f
     from cleanfid import fid
 
     if len(features) < 2 or len(reference_features) < 2:
-        raise ValueError(f"FID needs at least 2 images on each side, got {len(features)} and {len(reference_features)}")
+        raise ValueError(
+            f"FID needs at least 2 images on each side, got {len(features)} and {len(reference_features)}"
+        )
     return float(fid.fid_from_feats(features, reference_features))
 
 

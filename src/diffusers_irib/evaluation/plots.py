@@ -146,12 +146,18 @@ def run(args: argparse.Namespace) -> int:
     labels = args.labels or [Path(r).name for r in args.runs]
     series: list[Series] = []
     if args.runs:
-        series.append(Series(args.name, [(label, run_row(Path(r), args.method)) for label, r in zip(labels, args.runs)]))
+        series.append(
+            Series(args.name, [(label, run_row(Path(r), args.method)) for label, r in zip(labels, args.runs)])
+        )
     for spec in args.baseline:
         folder, _, method = spec.rpartition(":")
         if not folder or not method:
             raise CLIError(f"--baseline must look like RUN:METHOD, got {spec!r}")
-        series.append(Series(f"{Path(folder).name}: {method}", [(method, run_row(Path(folder), method))], joined=False, marker="^"))
+        series.append(
+            Series(
+                f"{Path(folder).name}: {method}", [(method, run_row(Path(folder), method))], joined=False, marker="^"
+            )
+        )
     if args.paper:
         series += paper_series(args.paper)
     drawn = tradeoff_figure(series, output, args.title)

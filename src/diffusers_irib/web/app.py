@@ -44,7 +44,7 @@ INTRO = (
 TINY_BANNER = (
     '<div id="irib-untrained" style="background:#b91c1c;color:#fff;padding:10px 14px;border-radius:8px;'
     'font-weight:600;font-size:1.05em">UNTRAINED: this server runs the tiny pipeline with random weights '
-    "(<code style=\"color:#fff;background:transparent\">irib-web --tiny</code>). Its output is noise-like: it shows "
+    '(<code style="color:#fff;background:transparent">irib-web --tiny</code>). Its output is noise-like: it shows '
     "the code path and the page, not restoration quality.</div>"
 )
 MISSING_BANNER = (

@@ -199,7 +199,11 @@ class WebRestorer:
             )
         if o.color_fix not in COLOR_FIXES:
             raise Refused(f"colour fix must be one of {', '.join(COLOR_FIXES)}, got {o.color_fix!r}")
-        if not isinstance(o.upscale, (int, float)) or not math.isfinite(o.upscale) or not 1 <= o.upscale <= MAX_UPSCALE:
+        if (
+            not isinstance(o.upscale, (int, float))
+            or not math.isfinite(o.upscale)
+            or not 1 <= o.upscale <= MAX_UPSCALE
+        ):
             raise Refused(f"upscale must be a number in [1, {MAX_UPSCALE:g}], got {o.upscale!r}")
         if o.tile not in TILE_CHOICES:
             raise Refused(f"tile size must be one of {', '.join(TILE_CHOICES)}, got {o.tile!r}")
@@ -213,7 +217,9 @@ class WebRestorer:
         except OSError:
             raise Refused(f"the upload {name!r} is gone; upload it again") from None
         if size > self.limits.max_upload_mb * 1024 * 1024:
-            raise Refused(f"{name!r} is {size / 2**20:.1f} MB; this server takes files up to {self.limits.max_upload_mb:g} MB")
+            raise Refused(
+                f"{name!r} is {size / 2**20:.1f} MB; this server takes files up to {self.limits.max_upload_mb:g} MB"
+            )
         try:
             width, height = upright_size(path)
         except ValueError as err:
@@ -286,7 +292,9 @@ class WebRestorer:
         seconds = time.perf_counter() - start
         return self.write_result(path, x, out, o, tile, seconds, notes)
 
-    def write_result(self, source: Path, x, out, o: RestoreOptions, tile: int | None, seconds: float, notes) -> PageResult:
+    def write_result(
+        self, source: Path, x, out, o: RestoreOptions, tile: int | None, seconds: float, notes
+    ) -> PageResult:
         """Write the PNGs the page shows into a fresh request folder and describe them."""
         from PIL import Image
 
