@@ -131,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
     out = pipe(elq, **restore_kwargs(args, extractor))
     title = TINY_TITLE if args.tiny else None
     save_image(labelled_grid(measured_panels(hq, elq, out), title), path, args.overwrite)
-    print(f"prompts per round: {[r[0] for r in out.prompts]}")
+    print(f"prompts per round: {out.prompts[0]}")
     print(f"wrote {path}")
     return 0
 

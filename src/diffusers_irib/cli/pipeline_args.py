@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 
+from ..defaults import DEFAULT_LFO_STEPS
 from .common import DTYPE_NAMES, CLIError, first_line, int_in, seed_value
 from .models import DEFAULT_BASE_MODEL, DEFAULT_PROJECTOR, DEFAULT_RESTORER, ModelSpec, missing_models_message
 
@@ -34,8 +35,9 @@ def add_restore_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--lfo-steps",
         type=int_in(0, MAX_LFO_STEPS),
-        default=2,
-        help=f"Look Forward Once refinements, 0 to {MAX_LFO_STEPS} (default 2).",
+        default=DEFAULT_LFO_STEPS,
+        help=f"Look Forward Once refinements, 0 to {MAX_LFO_STEPS} (default {DEFAULT_LFO_STEPS}: the paper's best, "
+        "Table 1 'LFO x2'; without --prompt or --extractor the rounds repeat the first).",
     )
     parser.add_argument("--prompt", default=None, help="Use this prompt in every round instead of an extractor.")
     parser.add_argument("--extractor", choices=EXTRACTORS, default="none", help="Prompt extractor (default none).")

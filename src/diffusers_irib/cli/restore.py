@@ -202,7 +202,7 @@ def restore_one(pipe, job: Job, args: argparse.Namespace, extractor) -> list[str
     """Restore one image, write its files, and return the prompt of every round."""
     image = load_image(job.source)
     out = pipe(image, upscale=args.upscale, **restore_kwargs(args, extractor))
-    prompts = [round_prompts[0] for round_prompts in out.prompts]
+    prompts = out.prompts[0]  # the one image's prompts, by round
     save_image(tensor_to_pil(out.images[0]), job.restored, args.overwrite)
     if job.lq_proxy is not None:
         save_image(tensor_to_pil(out.lq_images[0]), job.lq_proxy, args.overwrite)

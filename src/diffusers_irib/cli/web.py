@@ -21,6 +21,7 @@ import sys
 import time
 from collections.abc import Mapping
 
+from ..defaults import DEFAULT_LFO_STEPS
 from .common import (
     CLIError,
     add_common_arguments,
@@ -83,8 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--lfo-steps",
         type=int_in(0, MAX_LFO_STEPS),
-        default=2,
-        help=f"The page's default LFO steps, 0 to {MAX_LFO_STEPS} (default 2).",
+        default=DEFAULT_LFO_STEPS,
+        help=f"The page's default LFO steps, 0 to {MAX_LFO_STEPS} (default {DEFAULT_LFO_STEPS}, as irib-restore).",
     )
     parser.add_argument(
         "--color-fix", choices=COLOR_FIXES, default="adain", help="The page's default colour fix (default adain)."
