@@ -13,7 +13,7 @@ from PIL import Image
 
 from diffusers_irib import IRIBRestorationPipeline
 from diffusers_irib.cli import convert, demo, restore
-from diffusers_irib.cli.images import bundled_image_path
+from diffusers_irib.cli.images import bundled_image_path, center_crop_resize, load_image
 
 
 @pytest.fixture(scope="module")
@@ -73,13 +73,19 @@ def test_restore_refuses_unreadable_images_before_loading_models(tmp_path, capsy
 
 def test_demo_tiny_writes_a_labelled_grid(tmp_path, capsys):
     assert demo.main(["--tiny", "--size", "32", "--output-dir", str(tmp_path), "--lfo-steps", "1"]) == 0
-    grid = Image.open(tmp_path / "irib_demo_grid.png")
-    assert grid.width == 4 * 32 and grid.height > 32
+    grid = np.asarray(Image.open(tmp_path / "irib_demo_grid.png"))
+    assert grid.shape[1] == 4 * 256 and grid.shape[0] > 256  # 32 px panels shown 8 x larger
     out = capsys.readouterr().out
     for panel in ("ELQ input", "LQ proxy", "restored"):
         assert panel in out
     # the grid's red title says the weights are random
-    assert (np.asarray(grid)[:20, :, 0] > 150).any() and (np.asarray(grid)[:20, :, 1] < 60).any()
+    assert (grid[:20, :, 0] > 150).any() and (grid[:20, :, 1] < 60).any()
+    # ELQ | LQ proxy | restored | HQ: the last column is the HQ crop of the bundled photo, enlarged
+    hq = np.asarray(center_crop_resize(load_image(bundled_image_path()), 32))
+    hq = np.kron(hq, np.ones((8, 8, 1), dtype=np.uint8))
+    tops = [y for y in range(grid.shape[0] - 256) if np.array_equal(grid[y : y + 256, 768:], hq)]
+    assert len(tops) == 1 and tops[0] > 20  # below the title and the column labels
+    assert not np.array_equal(grid[tops[0] : tops[0] + 256, :256], hq)  # the first column is not the HQ
 
 
 def test_convert_osediff_cli(local_models, tmp_path, capsys):
