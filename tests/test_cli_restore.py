@@ -1,6 +1,7 @@
 """irib-restore, irib-demo and irib-convert-osediff on tiny local models (HF_HUB_OFFLINE=1)."""
 
 import errno
+import json
 import os
 
 import numpy as np
@@ -61,6 +62,27 @@ def test_restore_writes_restored_and_lq_proxy(local_models, tmp_path, capsys):
     pipe.set_progress_bar_config(disable=True)
     direct = pipe(Image.open(src), prompt="a face", lfo_steps=1, upscale=2.0).images[0]
     assert np.array_equal(np.asarray(direct), np.asarray(restored))
+
+
+def test_restore_tiny_runs_the_random_tiny_pipeline_without_any_model(tmp_path, capsys):
+    """irib-restore --tiny, like irib-demo --tiny and irib-web --tiny: no weights, said to be UNTRAINED."""
+    from diffusers_irib.tiny import make_tiny_pipeline as tiny
+
+    src = tmp_path / "photo.png"
+    Image.open(bundled_image_path()).resize((24, 16)).save(src)
+    nowhere = str(tmp_path / "no-such-model")  # never looked at with --tiny
+    argv = [str(src), "-o", str(tmp_path / "out"), "--tiny", "--base", nowhere, "--projector", nowhere]
+    assert restore.main([*argv, "--device", "cpu", "--prompt", "a face", "--save-prompts"]) == 0
+    captured = capsys.readouterr()
+    assert "UNTRAINED tiny pipeline" in captured.err and "restored 1 of 1" in captured.out
+    restored = Image.open(tmp_path / "out" / "photo_restored.png")
+    pipe = tiny(with_adapter_sets=True)
+    pipe.set_progress_bar_config(disable=True)
+    direct = pipe(Image.open(src), prompt="a face").images[0]  # the default LFO steps, as the command
+    assert np.array_equal(np.asarray(direct), np.asarray(restored))
+    record = json.loads((tmp_path / "out" / "photo_prompts.json").read_text())
+    assert record["projector_prompts"] == ["a face"] * 3 and record["restorer_prompt"] == "a face"
+    assert "--tiny" in restore.build_parser().format_help()
 
 
 def test_restore_refuses_unreadable_images_before_loading_models(tmp_path, capsys):

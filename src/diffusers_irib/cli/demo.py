@@ -21,10 +21,12 @@ from .images import bundled_image_path, center_crop_resize, load_image, pil_to_t
 from .pipeline_args import (
     add_model_arguments,
     add_restore_arguments,
+    add_tiny_argument,
     build_extractor,
     check_restore_arguments,
     load_pipeline,
     restore_kwargs,
+    tiny_pipeline,
 )
 
 PROG = "irib-demo"
@@ -35,9 +37,7 @@ TINY_TITLE = "UNTRAINED tiny pipeline (random weights): shows the code path, not
 
 def build_parser() -> argparse.ArgumentParser:
     parser = make_parser(PROG, __doc__)
-    parser.add_argument(
-        "--tiny", action="store_true", help="Run on a randomly initialised tiny pipeline (no weights needed)."
-    )
+    add_tiny_argument(parser)
     parser.add_argument(
         "-o",
         "--output",
@@ -74,11 +74,7 @@ def make_elq(size: int, seed: int):
 
 def make_pipeline(args: argparse.Namespace, device, dtype):
     """The tiny random pipeline (with --tiny, in the --dtype asked for) or the real one."""
-    if not args.tiny:
-        return load_pipeline(args, device, dtype)
-    from ..tiny import make_tiny_pipeline
-
-    return make_tiny_pipeline(with_adapter_sets=True).to(device, dtype)
+    return tiny_pipeline(device, dtype) if args.tiny else load_pipeline(args, device, dtype)
 
 
 def measured_panels(hq, elq, out) -> tuple[list, list[str]]:

@@ -1,4 +1,5 @@
-"""The pipeline options ``irib-restore`` and ``irib-demo`` share: models, prompts, tiling, seed.
+"""The pipeline options ``irib-restore``, ``irib-demo`` and ``irib-web`` share: models (or ``--tiny``),
+prompts, tiling, seed.
 
 Every option is checked right after parsing (ranges in the argument types, combinations in
 :func:`check_restore_arguments`), so a mistake is reported before minutes of model loading.
@@ -89,14 +90,35 @@ def check_ram_files(args: argparse.Namespace) -> None:
             raise CLIError(f"{flag} {path!r}: no such file (the RAM/DAPE checkpoint must be a local file)")
 
 
-def load_pipeline(args: argparse.Namespace, device, dtype):
-    """Check every model first (listing all that are missing), then load the pipeline."""
+TINY_WARNING = "UNTRAINED tiny pipeline (random weights): the outputs show the code path, not restoration quality"
+
+
+def add_tiny_argument(parser: argparse.ArgumentParser) -> None:
+    """``--tiny``, as irib-demo, irib-restore and irib-web share it."""
+    parser.add_argument(
+        "--tiny",
+        action="store_true",
+        help="Use a randomly initialised tiny pipeline instead of the models (no weights needed; UNTRAINED output).",
+    )
+
+
+def tiny_pipeline(device, dtype):
+    """The random tiny pipeline with projector and restorer sets, on ``device`` in ``dtype``."""
+    from ..tiny import make_tiny_pipeline
+
+    pipe = make_tiny_pipeline(with_adapter_sets=True).to(device)
+    return pipe if pipe.dtype == dtype else pipe.to(dtype=dtype)  # built in float32
+
+
+def load_pipeline(args: argparse.Namespace, device, dtype, tiny_command: str = "irib-demo --tiny"):
+    """Check every model first (listing all that are missing, and ``tiny_command`` that runs without
+    them), then load the pipeline."""
     specs = [
         ModelSpec("base", args.base),
         ModelSpec("projector", args.projector),
         ModelSpec("restorer", args.restorer),
     ]
-    message = missing_models_message(specs)
+    message = missing_models_message(specs, tiny_command=tiny_command)
     if message:
         raise CLIError(message, code=1)
     from ..pipeline_irib import IRIBRestorationPipeline

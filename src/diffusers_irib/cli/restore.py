@@ -2,6 +2,7 @@
 
     irib-restore -i photos/ -o restored/ --projector PROJECTOR --restorer RESTORER
     irib-restore a.png 'scans/*.jpg' -o out --ext auto --tile-size 512 --save-prompts
+    irib-restore a.png --tiny            # a random tiny pipeline, no weights: the code path only (UNTRAINED)
 
 Inputs are files, folders (their images) or glob patterns, as in Real-ESRGAN's and OSEDiff's
 scripts. Every output path is checked before the models load: an existing file is only replaced
@@ -41,12 +42,15 @@ from .files import (
 )
 from .images import load_image, tensor_to_pil, upright_size
 from .pipeline_args import (
+    TINY_WARNING,
     add_model_arguments,
     add_restore_arguments,
+    add_tiny_argument,
     build_extractor,
     check_restore_arguments,
     load_pipeline,
     restore_kwargs,
+    tiny_pipeline,
 )
 
 PROG = "irib-restore"
@@ -100,6 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--save-prompts", action="store_true", help="Write every round's prompts to <name>_prompts.json."
     )
     parser.add_argument("--no-lq-proxy", action="store_true", help="Do not write <name>_lq_proxy.<ext>.")
+    add_tiny_argument(parser)
     add_model_arguments(parser)
     add_restore_arguments(parser)
     add_common_arguments(parser)
@@ -253,7 +258,9 @@ def run(args: argparse.Namespace) -> int:
     dtype = resolve_dtype(args.dtype, device)
     ready, failed = preflight(jobs, args.upscale, args.debug)
     if ready:
-        pipe = load_pipeline(args, device, dtype)
+        if args.tiny:
+            print(f"{PROG}: {TINY_WARNING}", file=sys.stderr)
+        pipe = tiny_pipeline(device, dtype) if args.tiny else load_pipeline(args, device, dtype, f"{PROG} --tiny")
         pipe.set_progress_bar_config(disable=True)
         extractor = build_extractor(args, device)
         failed += restore_all(pipe, ready, args, extractor)
