@@ -379,7 +379,7 @@ def write_grid(out: Path, names: list[str], methods: list[str], testset: Path) -
 
 def write_tradeoff(out: Path, rows: list[dict], unavailable: dict[str, str]) -> None:
     """``tradeoff.png``: every method as a point on the PSNR-MUSIQ and PSNR-FID planes (Figure 7)."""
-    from .plots import TRADEOFF_METRICS, Series, tradeoff_figure
+    from .plots import TRADEOFF_METRICS, Series, left_out, tradeoff_figure
 
     try:
         import matplotlib  # noqa: F401
@@ -387,8 +387,14 @@ def write_tradeoff(out: Path, rows: list[dict], unavailable: dict[str, str]) -> 
         print("tradeoff.png skipped: it needs matplotlib (pip install matplotlib)")
         return
     y_rows = [r for r in rows if r["convention"] == rows[0]["convention"]]
-    series = [Series(r["method"], [(r["method"], r)], joined=False) for r in y_rows]
-    drawn = tradeoff_figure(series, out / "tradeoff.png", title=f"{len(y_rows)} methods, {y_rows[0]['images']} images")
+    reasons = {m: f"unavailable: {unavailable.get(m, 'not asked for')}" for m in ("psnr", *TRADEOFF_METRICS)}
+    series = [Series(r["method"], [(r["method"], r)], joined=False, reasons={r["method"]: reasons}) for r in y_rows]
+    missing = left_out(series)
+    note = "Left out: " + "; ".join(line.split(" (")[0] for line in missing) if missing else ""
+    title = f"{len(y_rows)} methods, {y_rows[0]['images']} images"
+    drawn = tradeoff_figure(series, out / "tradeoff.png", title=title, note=note)
+    for line in missing if drawn else []:
+        print(f"tradeoff.png left out: {line}")
     if not drawn:
         why = "; ".join(f"{m}: {unavailable.get(m, 'not asked for')}" for m in TRADEOFF_METRICS)
         print(f"tradeoff.png skipped: no MUSIQ or FID ({why})")
