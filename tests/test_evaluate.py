@@ -173,3 +173,14 @@ def test_library_metrics_and_fid_fill_the_table_and_the_tradeoff_plot(workspace,
     assert "fid" not in per_image[0] and float(per_image[0]["lpips"]) > 0  # FID is per set, LPIPS per image
     assert "| FID ↓" in (out / "results.md").read_text()
     assert Image.open(out / "tradeoff.png").size[0] > 0  # PSNR-FID drawn (MUSIQ unavailable)
+
+
+def test_examples_evaluate_irib_is_the_irib_evaluate_program():
+    """examples/evaluate_irib.py and irib-evaluate are one program: the same parser, said in its docstring."""
+    script = Path(__file__).parents[1] / "examples" / "evaluate_irib.py"
+    assert "same program as the ``irib-evaluate`` command" in script.read_text().replace("\n", " ")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    example = subprocess.run([sys.executable, str(script), "--help"], env=env, capture_output=True, text=True)
+    command = subprocess.run([str(BIN / "irib-evaluate"), "--help"], env=env, capture_output=True, text=True)
+    assert example.returncode == command.returncode == 0
+    assert example.stdout == command.stdout and "--methods" in command.stdout
