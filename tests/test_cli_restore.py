@@ -244,3 +244,17 @@ def test_convert_overwrites_a_set_only_with_overwrite_and_survives_a_full_disk(
     )
     assert "cannot write the adapter set" in err and "No space left on device" in err
     assert not (tmp_path / "other").exists()
+
+
+def test_every_entry_point_defaults_to_the_papers_lfo_steps():
+    """One default everywhere: Table 1's "LFO x2" row (the pipeline's own default is tested in test_pipeline)."""
+    from diffusers_irib.cli import web
+    from diffusers_irib.defaults import DEFAULT_LFO_STEPS
+    from diffusers_irib.web.service import RestoreOptions
+
+    assert DEFAULT_LFO_STEPS == 2
+    assert restore.build_parser().parse_args(["x.png"]).lfo_steps == DEFAULT_LFO_STEPS
+    assert demo.build_parser().parse_args([]).lfo_steps == DEFAULT_LFO_STEPS
+    assert web.build_parser().parse_args([]).lfo_steps == DEFAULT_LFO_STEPS
+    assert RestoreOptions().lfo_steps == DEFAULT_LFO_STEPS  # the page's slider starts there
+    assert "Table 1" in restore.build_parser().format_help()
