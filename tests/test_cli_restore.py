@@ -135,7 +135,8 @@ def test_restore_with_missing_models_leaves_no_folder(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         restore.main([str(src), "-o", str(tmp_path / "out"), "--base", str(tmp_path / "no-base"), "--device", "cpu"])
     assert exit_info.value.code == 1
-    assert "base: " in capsys.readouterr().err and not (tmp_path / "out").exists()
+    err = capsys.readouterr().err
+    assert "base: " in err and "`irib-restore --tiny`" in err and not (tmp_path / "out").exists()
 
 
 # --------------------------------------------------------------------------- irib-demo

@@ -94,7 +94,8 @@ TINY_WARNING = "UNTRAINED tiny pipeline (random weights): the outputs show the c
 
 
 def add_tiny_argument(parser: argparse.ArgumentParser) -> None:
-    """``--tiny``, as irib-demo, irib-restore and irib-web share it."""
+    """``--tiny``, as irib-demo, irib-restore and irib-web share it (a missing model's message names it)."""
+    parser.set_defaults(tiny_command=f"{parser.prog} --tiny")
     parser.add_argument(
         "--tiny",
         action="store_true",
@@ -110,15 +111,15 @@ def tiny_pipeline(device, dtype):
     return pipe if pipe.dtype == dtype else pipe.to(dtype=dtype)  # built in float32
 
 
-def load_pipeline(args: argparse.Namespace, device, dtype, tiny_command: str = "irib-demo --tiny"):
-    """Check every model first (listing all that are missing, and ``tiny_command`` that runs without
-    them), then load the pipeline."""
+def load_pipeline(args: argparse.Namespace, device, dtype):
+    """Check every model first (listing all that are missing, and the command's ``--tiny`` that runs
+    without them), then load the pipeline."""
     specs = [
         ModelSpec("base", args.base),
         ModelSpec("projector", args.projector),
         ModelSpec("restorer", args.restorer),
     ]
-    message = missing_models_message(specs, tiny_command=tiny_command)
+    message = missing_models_message(specs, tiny_command=getattr(args, "tiny_command", "irib-demo --tiny"))
     if message:
         raise CLIError(message, code=1)
     from ..pipeline_irib import IRIBRestorationPipeline

@@ -260,7 +260,7 @@ def run(args: argparse.Namespace) -> int:
     if ready:
         if args.tiny:
             print(f"{PROG}: {TINY_WARNING}", file=sys.stderr)
-        pipe = tiny_pipeline(device, dtype) if args.tiny else load_pipeline(args, device, dtype, f"{PROG} --tiny")
+        pipe = tiny_pipeline(device, dtype) if args.tiny else load_pipeline(args, device, dtype)
         pipe.set_progress_bar_config(disable=True)
         extractor = build_extractor(args, device)
         failed += restore_all(pipe, ready, args, extractor)
