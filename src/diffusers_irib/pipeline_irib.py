@@ -402,8 +402,8 @@ class IRIBRestorationPipeline(DiffusionPipeline):
                 Once refinements: each re-extracts the prompt from the current LQ proxy and re-runs the
                 projector on the ELQ encoding. The default (``diffusers_irib.defaults.DEFAULT_LFO_STEPS``)
                 is the paper's best row, Table 1 "LFO x2"; 0 is the single projector pass of its
-                ablations. Without a prompt extractor every round gets the same prompt, so the extra
-                rounds only repeat the first.
+                ablations. With a fixed ``prompt`` or no extractor every round gets the same prompt,
+                so the extra rounds only repeat the first (pass 0 then).
             prompt_extractor (*optional*): callable from a list of PIL images to a list of prompts;
                 defaults to ``pipe.prompt_extractor``, else the empty prompt.
             restorer (*optional*): plug-and-play LQ -> HQ model replacing the built-in restorer: a
