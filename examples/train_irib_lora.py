@@ -39,6 +39,7 @@ from PIL import Image
 
 from diffusers_irib import adapters
 from diffusers_irib.degradations import DegradationConfig, RealESRGANDegradation
+from diffusers_irib.grids import GRID_COLUMNS, comparison_grid
 from diffusers_irib.training_data import (
     ImageRows,
     StreamedImageRows,
@@ -413,7 +414,8 @@ def load_validation_images(args: argparse.Namespace, objective: IRIBObjective) -
 
 @torch.no_grad()
 def run_validation(pipe, args, hq, degraded, step: int, accelerator: Accelerator, extractor) -> str:
-    """Restore the validation images with the current set; write and log degraded | LQ proxy | restored | HQ."""
+    """Restore the validation images with the current set; write and log the package's grid
+    (ELQ input | LQ proxy | restored | HQ, labelled, panels at least 256 px)."""
     with accelerator.autocast():
         if args.mode == "direct":  # one set ELQ -> HQ, run as a one-step model of its own
             restored, lq_proxy = _one_step_images(pipe, degraded, "projector"), degraded
@@ -424,8 +426,8 @@ def run_validation(pipe, args, hq, degraded, step: int, accelerator: Accelerator
             )  # fmt: skip
             restored, lq_proxy = result.images.float().cpu(), result.lq_images.float().cpu()
     adapters.switching.reassert_trainability(pipe.unet, pipe.vae)
-    rows = [torch.cat(panels, dim=2) for panels in zip(degraded, lq_proxy, restored, hq)]
-    array = (torch.cat(rows, dim=1).clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    labels = ("LQ input" if args.mode == "restorer" else "ELQ input",) + GRID_COLUMNS[1:]
+    array = np.asarray(comparison_grid(list(zip(degraded, lq_proxy, restored, hq)), labels))  # panels >= 256 px
     folder = Path(args.output_dir) / "validation"
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"step-{step:06d}.png"
@@ -437,7 +439,7 @@ def run_validation(pipe, args, hq, degraded, step: int, accelerator: Accelerator
         elif tracker.name == "wandb":
             import wandb
 
-            tracker.log({"validation": [wandb.Image(array, caption="degraded | LQ proxy | restored | HQ")]}, step=step)
+            tracker.log({"validation": [wandb.Image(array, caption=" | ".join(labels))]}, step=step)
     accelerator.log({"validation/psnr": psnr}, step=step)
     logger.info(f"validation at step {step}: PSNR {psnr:.2f} dB, grid {path}")
     return str(path)

@@ -1,6 +1,7 @@
 """irib-restore, irib-demo and irib-convert-osediff on tiny local models (HF_HUB_OFFLINE=1)."""
 
 import errno
+import json
 import os
 
 import numpy as np
@@ -13,7 +14,7 @@ from PIL import Image
 
 from diffusers_irib import IRIBRestorationPipeline
 from diffusers_irib.cli import convert, demo, restore
-from diffusers_irib.cli.images import bundled_image_path
+from diffusers_irib.cli.images import bundled_image_path, center_crop_resize, load_image
 
 
 @pytest.fixture(scope="module")
@@ -63,6 +64,27 @@ def test_restore_writes_restored_and_lq_proxy(local_models, tmp_path, capsys):
     assert np.array_equal(np.asarray(direct), np.asarray(restored))
 
 
+def test_restore_tiny_runs_the_random_tiny_pipeline_without_any_model(tmp_path, capsys):
+    """irib-restore --tiny, like irib-demo --tiny and irib-web --tiny: no weights, said to be UNTRAINED."""
+    from diffusers_irib.tiny import make_tiny_pipeline as tiny
+
+    src = tmp_path / "photo.png"
+    Image.open(bundled_image_path()).resize((24, 16)).save(src)
+    nowhere = str(tmp_path / "no-such-model")  # never looked at with --tiny
+    argv = [str(src), "-o", str(tmp_path / "out"), "--tiny", "--base", nowhere, "--projector", nowhere]
+    assert restore.main([*argv, "--device", "cpu", "--prompt", "a face", "--save-prompts"]) == 0
+    captured = capsys.readouterr()
+    assert "UNTRAINED tiny pipeline" in captured.err and "restored 1 of 1" in captured.out
+    restored = Image.open(tmp_path / "out" / "photo_restored.png")
+    pipe = tiny(with_adapter_sets=True)
+    pipe.set_progress_bar_config(disable=True)
+    direct = pipe(Image.open(src), prompt="a face").images[0]  # the default LFO steps, as the command
+    assert np.array_equal(np.asarray(direct), np.asarray(restored))
+    record = json.loads((tmp_path / "out" / "photo_prompts.json").read_text())
+    assert record["projector_prompts"] == ["a face"] * 3 and record["restorer_prompt"] == "a face"
+    assert "--tiny" in restore.build_parser().format_help()
+
+
 def test_restore_refuses_unreadable_images_before_loading_models(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         restore.main([str(tmp_path / "missing.png"), "--output-dir", str(tmp_path / "out")])
@@ -73,13 +95,19 @@ def test_restore_refuses_unreadable_images_before_loading_models(tmp_path, capsy
 
 def test_demo_tiny_writes_a_labelled_grid(tmp_path, capsys):
     assert demo.main(["--tiny", "--size", "32", "--output-dir", str(tmp_path), "--lfo-steps", "1"]) == 0
-    grid = Image.open(tmp_path / "irib_demo_grid.png")
-    assert grid.width == 4 * 32 and grid.height > 32
+    grid = np.asarray(Image.open(tmp_path / "irib_demo_grid.png"))
+    assert grid.shape[1] == 4 * 256 and grid.shape[0] > 256  # 32 px panels shown 8 x larger
     out = capsys.readouterr().out
     for panel in ("ELQ input", "LQ proxy", "restored"):
         assert panel in out
     # the grid's red title says the weights are random
-    assert (np.asarray(grid)[:20, :, 0] > 150).any() and (np.asarray(grid)[:20, :, 1] < 60).any()
+    assert (grid[:20, :, 0] > 150).any() and (grid[:20, :, 1] < 60).any()
+    # ELQ | LQ proxy | restored | HQ: the last column is the HQ crop of the bundled photo, enlarged
+    hq = np.asarray(center_crop_resize(load_image(bundled_image_path()), 32))
+    hq = np.kron(hq, np.ones((8, 8, 1), dtype=np.uint8))
+    tops = [y for y in range(grid.shape[0] - 256) if np.array_equal(grid[y : y + 256, 768:], hq)]
+    assert len(tops) == 1 and tops[0] > 20  # below the title and the column labels
+    assert not np.array_equal(grid[tops[0] : tops[0] + 256, :256], hq)  # the first column is not the HQ
 
 
 def test_convert_osediff_cli(local_models, tmp_path, capsys):
@@ -107,7 +135,8 @@ def test_restore_with_missing_models_leaves_no_folder(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         restore.main([str(src), "-o", str(tmp_path / "out"), "--base", str(tmp_path / "no-base"), "--device", "cpu"])
     assert exit_info.value.code == 1
-    assert "base: " in capsys.readouterr().err and not (tmp_path / "out").exists()
+    err = capsys.readouterr().err
+    assert "base: " in err and "`irib-restore --tiny`" in err and not (tmp_path / "out").exists()
 
 
 # --------------------------------------------------------------------------- irib-demo
@@ -216,3 +245,17 @@ def test_convert_overwrites_a_set_only_with_overwrite_and_survives_a_full_disk(
     )
     assert "cannot write the adapter set" in err and "No space left on device" in err
     assert not (tmp_path / "other").exists()
+
+
+def test_every_entry_point_defaults_to_the_papers_lfo_steps():
+    """One default everywhere: Table 1's "LFO x2" row (the pipeline's own default is tested in test_pipeline)."""
+    from diffusers_irib.cli import web
+    from diffusers_irib.defaults import DEFAULT_LFO_STEPS
+    from diffusers_irib.web.service import RestoreOptions
+
+    assert DEFAULT_LFO_STEPS == 2
+    assert restore.build_parser().parse_args(["x.png"]).lfo_steps == DEFAULT_LFO_STEPS
+    assert demo.build_parser().parse_args([]).lfo_steps == DEFAULT_LFO_STEPS
+    assert web.build_parser().parse_args([]).lfo_steps == DEFAULT_LFO_STEPS
+    assert RestoreOptions().lfo_steps == DEFAULT_LFO_STEPS  # the page's slider starts there
+    assert "Table 1" in restore.build_parser().format_help()

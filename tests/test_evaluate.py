@@ -95,11 +95,19 @@ def test_every_method_runs_and_the_table_has_psnr_ssim_and_marks_the_rest_unavai
     table = (out / "results.md").read_text()
     assert "| Method | Training type | LFO | PSNR/SSIM on | PSNR ↑ | SSIM ↑ | LPIPS ↓" in table
     assert "n/a" in table and "- fid: unavailable" in table and "- lpips: unavailable" in table
-    assert "paper: OSDiff + Ours" in table  # --paper: the published rows beside ours
+    assert "paper: OSEDiff + Ours" in table and "OSDiff" not in table  # --paper: the published rows beside ours
+    # a 4-image, 32 px test set is not the paper's: one caveat line right under the paper's table
+    last = table.split("The paper's")[1].split("\n- ")[0].strip().splitlines()[-1]
+    assert last.startswith("Caveat: this test set is not the paper's DIV2K at 512 x 512 (4 image(s)")
+    assert "32 x 32 px" in last
     ours = table.split("The paper's")[0]
     assert ours.count("| Method |") == 2 and ours.count("**") == 2 * 2 * 2  # best PSNR and SSIM, per convention
-    grid = Image.open(out / "grid.png")
-    assert grid.size == (32 * (len(methods) + 2), 32 * 4)  # ELQ | methods | HQ, 4 rows
+    # grid.png: ELQ | LQ proxy of each projector method | each method | HQ, 256 px panels, one row per image
+    grid = np.asarray(Image.open(out / "grid.png"))
+    assert grid.shape[1] == 256 * (1 + 3 + len(methods) + 1) and grid.shape[0] > 4 * 256
+    hq = np.kron(np.asarray(Image.open(workspace / "testset" / "hq" / "astronaut.png")), np.ones((8, 8, 1), np.uint8))
+    assert [y for y in range(grid.shape[0] - 256 + 1) if np.array_equal(grid[y : y + 256, -256:], hq)]
+    assert sorted(p.name for p in (out / "lq_proxies").iterdir()) == ["irib", "irib+callable", "irib-lfo1"]
     per_image = list(csv.DictReader(open(out / "per_image.csv")))
     assert len(per_image) == 4 * len(methods) and {"psnr_y", "ssim_rgb"} <= set(per_image[0])
     # the plug-and-play restorer really ran: callable = the mirrored ELQ
@@ -165,3 +173,14 @@ def test_library_metrics_and_fid_fill_the_table_and_the_tradeoff_plot(workspace,
     assert "fid" not in per_image[0] and float(per_image[0]["lpips"]) > 0  # FID is per set, LPIPS per image
     assert "| FID ↓" in (out / "results.md").read_text()
     assert Image.open(out / "tradeoff.png").size[0] > 0  # PSNR-FID drawn (MUSIQ unavailable)
+
+
+def test_examples_evaluate_irib_is_the_irib_evaluate_program():
+    """examples/evaluate_irib.py and irib-evaluate are one program: the same parser, said in its docstring."""
+    script = Path(__file__).parents[1] / "examples" / "evaluate_irib.py"
+    assert "same program as the ``irib-evaluate`` command" in script.read_text().replace("\n", " ")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    example = subprocess.run([sys.executable, str(script), "--help"], env=env, capture_output=True, text=True)
+    command = subprocess.run([str(BIN / "irib-evaluate"), "--help"], env=env, capture_output=True, text=True)
+    assert example.returncode == command.returncode == 0
+    assert example.stdout == command.stdout and "--methods" in command.stdout

@@ -114,11 +114,11 @@ def test_a_pyiqa_no_reference_metric_sees_the_image_alone(monkeypatch):
 
 
 # --------------------------------------------------------------------------- plots
-def fake_run(folder: Path, method: str, **values) -> Path:
+def fake_run(folder: Path, method: str, unavailable: dict | None = None, **values) -> Path:
     folder.mkdir(parents=True)
     rows = [{"method": method, "convention": "y", "psnr": values.get("psnr"), "musiq": values.get("musiq"),
              "fid": values.get("fid")}]  # fmt: skip
-    (folder / "results.json").write_text(json.dumps({"rows": rows}))
+    (folder / "results.json").write_text(json.dumps({"rows": rows, "unavailable": unavailable or {}}))
     return folder
 
 
@@ -136,13 +136,43 @@ def test_a_sweep_of_runs_becomes_the_two_tradeoff_panels(tmp_path, capsys):
         plot_tradeoff(argv)  # exists: needs --overwrite
 
 
+def test_a_run_without_musiq_or_fid_is_refused_not_silently_dropped_beside_the_papers_points(tmp_path, capsys):
+    """The report of #19: "wrote fig7.png" while the only run (no MUSIQ, no FID) was not in it."""
+    why = {"musiq": "musiq needs pyiqa", "fid": "FID needs clean-fid's Inception network"}
+    run = fake_run(tmp_path / "ours", "irib", unavailable=why, psnr=20.0)
+    with pytest.raises(SystemExit) as info:
+        plot_tradeoff([str(run), "--paper", "div2k", "-o", str(tmp_path / "fig7.png")])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and "none of these runs can be drawn" in err and "only the paper's points" in err
+    assert "musiq needs pyiqa" in err and "Inception network" in err and not (tmp_path / "fig7.png").exists()
+
+
+def test_points_left_out_of_a_panel_are_listed_with_the_reason_and_noted_in_the_figure(tmp_path, capsys):
+    runs = [
+        fake_run(tmp_path / "blur0", "irib", psnr=19.5, musiq=71.0, fid=62.0),
+        fake_run(tmp_path / "blur1", "irib", unavailable={"musiq": "musiq needs pyiqa"}, psnr=20.0, fid=63.0),
+    ]
+    out = tmp_path / "fig7.png"
+    assert plot_tradeoff([*map(str, runs), "-o", str(out), "--labels", "0", "1"]) == 0
+    printed = capsys.readouterr().out
+    assert "wrote" in printed and "PSNR against MUSIQ, FID" in printed
+    left = [line for line in printed.splitlines() if "left out" in line]
+    assert len(left) == 1 and "ours '1' is not in the PSNR-MUSIQ panel" in left[0] and "musiq needs pyiqa" in left[0]
+    # the note under the panels is red (firebrick) text: the PNG says it too
+    pixels = np.asarray(Image.open(out).convert("RGB")).astype(int)
+    bottom = pixels[int(0.9 * pixels.shape[0]) :]
+    assert ((bottom[..., 0] > 150) & (bottom[..., 1] < 80) & (bottom[..., 2] < 80)).any()
+    # only the paper's figure, asked for as such, is still drawn
+    assert plot_tradeoff(["--paper", "div8k", "-o", str(tmp_path / "paper.png")]) == 0
+
+
 def test_plot_errors_name_the_problem(tmp_path, capsys):
     run = fake_run(tmp_path / "run", "irib", psnr=20.0)
     cases = [
         ([str(tmp_path)], "no results.json"),
         ([str(run), "--method", "direct"], "has no method 'direct' (it has: irib)"),
         ([str(run), "--labels", "a", "b"], "--labels has 2 entries for 1 runs"),
-        ([str(run)], "no point has PSNR together with MUSIQ or FID"),
+        ([str(run)], "no point has PSNR together with MUSIQ or FID, so none of these runs can be drawn"),
         ([], "nothing to plot"),
     ]
     for argv, message in cases:

@@ -49,7 +49,7 @@ def test_output_equals_hand_chained_merged_copies(pipe):
         hq = restorer(lq, embeds)
     torch.testing.assert_close(out.lq_images, (lq + 1) / 2, atol=1e-4, rtol=0)
     torch.testing.assert_close(out.images, (hq + 1) / 2, atol=1e-4, rtol=0)
-    assert out.prompts == [["a cat"], ["a cat"]]
+    assert out.prompts == [["a cat"] * 4]  # one image: 3 projector rounds (default LFO x2), then the restorer
 
 
 def test_restorer_alone_is_the_pretrained_baseline(pipe):
@@ -125,7 +125,7 @@ def test_lfo_call_count_contract_and_prompt_sources(pipe, k):
         "text_encoder": k + 2,  # one distinct prompt per round here
     }
     assert len(extractor.seen) == k + 2
-    assert out.prompts == [[f"round {r + 1}"] for r in range(k + 2)]
+    assert out.prompts == [[f"round {r + 1}" for r in range(k + 2)]]  # image 0's prompts, by round
     # round 1 sees the ELQ input, every later round the previous round's LQ proxy
     as_uint8 = lambda a: (np.asarray(a) * 255).round().astype(np.uint8)  # noqa: E731
     np.testing.assert_array_equal(extractor.seen[0][0], as_uint8(image.permute(1, 2, 0).numpy()))
@@ -133,6 +133,44 @@ def test_lfo_call_count_contract_and_prompt_sources(pipe, k):
     for r in range(1, k + 2):
         np.testing.assert_array_equal(extractor.seen[r], as_uint8(out.intermediate_lq_images[r - 1]))
     np.testing.assert_array_equal(out.intermediate_lq_images[-1], out.lq_images)
+
+
+def test_prompts_are_listed_per_image_by_round_like_images(pipe):
+    """out.prompts[i] belongs to out.images[i], also when images of two sizes run as two batches."""
+
+    def by_image_and_round(images):  # a prompt that names the image (its size and mean) and the call
+        by_image_and_round.calls += 1
+        return [f"{im.size[0]}px {np.asarray(im).mean():.0f} call {by_image_and_round.calls}" for im in images]
+
+    by_image_and_round.calls = 0
+    images = [torch.full((3, 16, 16), 0.2), torch.full((3, 8, 8), 0.5), torch.full((3, 16, 16), 0.8)]
+    out = pipe(images, lfo_steps=1, prompt_extractor=by_image_and_round, color_fix=None, output_type="pil")
+    assert len(out.prompts) == len(out.images) == 3
+    assert [len(p) for p in out.prompts] == [3, 3, 3]  # projector rounds 1 + lfo_steps, then the restorer
+    assert out.prompts[0][0] == "16px 51 call 1" and out.prompts[2][0] == "16px 204 call 1"  # one 16 px batch
+    assert out.prompts[1][0] == "8px 128 call 4"  # the 8 px image runs after the 16 px batch's 3 rounds
+    for i, image in enumerate(out.images):
+        assert all(p.startswith(f"{image.size[0]}px") for p in out.prompts[i])
+    assert [p.split(" call ")[1] for p in out.prompts[0]] == ["1", "2", "3"]
+    assert out.prompts[1][-1].endswith("call 6")
+    _, _, tuple_prompts = pipe(images, lfo_steps=1, prompt_extractor=by_image_and_round, return_dict=False)
+    assert [len(p) for p in tuple_prompts] == [3, 3, 3]
+
+
+def test_pipeline_default_lfo_steps_is_the_papers_best_row(pipe):
+    """The default is Table 1's "LFO x2" row: three projector rounds and the restorer's."""
+    from diffusers_irib.defaults import DEFAULT_LFO_STEPS
+
+    assert DEFAULT_LFO_STEPS == 2
+    assert "Table 1" in type(pipe).__call__.__doc__ and "LFO x2" in type(pipe).__call__.__doc__
+    counter = CallCounter(pipe)
+    out = pipe(smooth_image(), prompt="x", output_type="pt")
+    assert counter.counts["unet"] == DEFAULT_LFO_STEPS + 2 and len(out.prompts[0]) == DEFAULT_LFO_STEPS + 2
+    # the restorer alone has no projector prompt to refine: no LFO, no error
+    out = pipe(smooth_image(), prompt="x", use_projector=False, output_type="pt")
+    assert out.prompts == [["x"]]
+    with pytest.raises(ValueError, match="use_projector=True"):  # asked for explicitly, it still is an error
+        pipe(smooth_image(), lfo_steps=1, use_projector=False)
 
 
 def test_text_encoder_runs_once_per_distinct_prompt(pipe):
@@ -249,7 +287,7 @@ def test_odd_sizes_modes_and_upscale_come_back_at_the_right_size(pipe):
 def test_same_size_inputs_form_one_batch_and_return_dict_false_gives_a_tuple(pipe):
     images, lq, prompts = pipe(torch.rand(2, 3, 16, 16), output_type="np", return_dict=False)
     assert images.shape == lq.shape == (2, 16, 16, 3)
-    assert prompts == [["", ""], ["", ""]]
+    assert prompts == [[""] * 4, [""] * 4]  # per image: 3 projector rounds (default LFO x2), the restorer
 
 
 @pytest.mark.parametrize("color_fix", ["adain", "wavelet"])
@@ -307,4 +345,4 @@ def test_a_prompt_list_gives_each_image_its_own_prompt(pipe):
     out = pipe(
         [torch.rand(3, 16, 16), torch.rand(3, 8, 8), torch.rand(3, 16, 16)], prompt=["a", "b", "c"], output_type="pt"
     )
-    assert out.prompts == [["a", "b", "c"], ["a", "b", "c"]]
+    assert out.prompts == [["a"] * 4, ["b"] * 4, ["c"] * 4]  # per image, by round (default LFO x2)

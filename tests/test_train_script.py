@@ -29,6 +29,7 @@ from safetensors.torch import load_file
 from skimage import data
 
 from diffusers_irib import IRIBRestorationPipeline
+from diffusers_irib.cli.images import center_crop_resize, load_image
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "examples" / "train_irib_lora.py"
@@ -141,10 +142,13 @@ def test_the_short_run_skips_bad_images_counts_them_and_saves_everything(workspa
     assert {p.name for p in (out / "checkpoint-2").iterdir()} >= {"projector", "regularizer", "optimizer.bin",
                                                                   "optimizer_1.bin", "random_states_0.pkl"}  # fmt: skip
     assert list((out / "logs").rglob("events.out.tfevents.*"))  # tensorboard
-    grid = Image.open(out / "validation" / "step-000002.png")
-    assert grid.size == (4 * 32, 32)  # degraded | LQ proxy | restored | HQ, one validation image
-    hq_panel = np.asarray(grid)[:, 96:]
-    assert np.abs(hq_panel.astype(float).mean() - 0) > 10  # a photo, not an empty panel
+    grid = np.asarray(Image.open(out / "validation" / "step-000002.png"))
+    assert grid.shape[1] == 4 * 256  # ELQ | LQ proxy | restored | HQ, 32 px crops shown 8 x larger
+    # the last column is the validation image's 32 px centre crop (enlarged), below the column labels
+    hq = np.asarray(center_crop_resize(load_image(workspace / "messy" / "astronaut.png"), 32))
+    hq = np.kron(hq, np.ones((8, 8, 1), dtype=np.uint8))
+    tops = [y for y in range(grid.shape[0] - 256 + 1) if np.array_equal(grid[y : y + 256, 768:], hq)]
+    assert len(tops) == 1 and tops[0] >= 12 and (grid[: tops[0]].min(axis=-1) < 100).any()
 
 
 def test_resuming_from_checkpoint_2_ends_with_the_weights_of_the_uninterrupted_run(workspace, short_run):

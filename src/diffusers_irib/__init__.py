@@ -11,7 +11,11 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from . import logging_utils as _logging_utils  # the standard library's logging only: no torch
+
 __version__ = "0.1.0.dev0"
+
+_logging_utils.silence_empty_float32_warning()  # diffusers' "should be kept in float32: []" on every cast
 
 #: public name -> the submodule that defines it
 _LAZY_IMPORTS = {

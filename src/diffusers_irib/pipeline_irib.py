@@ -24,6 +24,7 @@ from huggingface_hub.errors import LocalEntryNotFoundError
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from . import adapters, irib
+from .defaults import DEFAULT_LFO_STEPS
 from .file_utils import staged_folder
 from .image_processing import (
     COLOR_FIXES,
@@ -54,9 +55,12 @@ class IRIBRestorationPipelineOutput(BaseOutput):
         images: the restored (HQ) images.
         lq_images: the LQ proxies the restorer received (the projector's last output, or the input
             itself with ``use_projector=False``).
-        prompts: the prompts of every round, ``prompts[round][i]`` for image i: the projector's
-            rounds (1 + ``lfo_steps``) and then the restorer's.
-        intermediate_lq_images: with ``return_intermediates=True``, the LQ proxy of every round.
+        prompts: per image, as ``images``: ``prompts[i]`` lists image i's prompts by round, the
+            projector's rounds first (1 + ``lfo_steps``: from the input, then from each LQ proxy) and
+            the restorer's last, so ``prompts[i][-1]`` is the prompt its restored image was made with.
+        intermediate_lq_images: with ``return_intermediates=True``, per round: the LQ proxies of that
+            projector round, each in the layout of ``lq_images`` (``intermediate_lq_images[k][i]`` is
+            image i after round k + 1; the last round's proxies equal ``lq_images``).
     """
 
     images: Union[list[PIL.Image.Image], np.ndarray, torch.Tensor]
@@ -375,7 +379,7 @@ class IRIBRestorationPipeline(DiffusionPipeline):
         self,
         image: ImageInput,
         prompt: Optional[Union[str, list[str]]] = None,
-        lfo_steps: int = 0,
+        lfo_steps: Optional[int] = None,
         prompt_extractor: Optional[Callable[[list[PIL.Image.Image]], list[str]]] = None,
         restorer: Optional[Union[RestorerCallable, DiffusionPipeline]] = None,
         use_projector: bool = True,
@@ -394,8 +398,12 @@ class IRIBRestorationPipeline(DiffusionPipeline):
             image: PIL image (any mode), numpy array (H x W x C; uint8, uint16 or float in [0, 1]),
                 torch tensor (3 x H x W or B x 3 x H x W, float in [0, 1]) or a list of them.
             prompt (`str` or `list[str]`, *optional*): used in every round; wins over extractors.
-            lfo_steps (`int`, defaults to 0): Look Forward Once refinements: each re-extracts the
-                prompt from the current LQ proxy and re-runs the projector on the ELQ encoding.
+            lfo_steps (`int`, *optional*, defaults to 2; 0 with ``use_projector=False``): Look Forward
+                Once refinements: each re-extracts the prompt from the current LQ proxy and re-runs the
+                projector on the ELQ encoding. The default (``diffusers_irib.defaults.DEFAULT_LFO_STEPS``)
+                is the paper's best row, Table 1 "LFO x2"; 0 is the single projector pass of its
+                ablations. With a fixed ``prompt`` or no extractor every round gets the same prompt,
+                so the extra rounds only repeat the first (pass 0 then).
             prompt_extractor (*optional*): callable from a list of PIL images to a list of prompts;
                 defaults to ``pipe.prompt_extractor``, else the empty prompt.
             restorer (*optional*): plug-and-play LQ -> HQ model replacing the built-in restorer: a
@@ -411,7 +419,7 @@ class IRIBRestorationPipeline(DiffusionPipeline):
                 (else the mean); a list gives image i its own generator i (one per image).
             output_type (`str`, defaults to "pil"): "pil", "np" or "pt".
             return_dict (`bool`, defaults to True): return an [`IRIBRestorationPipelineOutput`] rather
-                than a tuple ``(images, lq_images, prompts)``.
+                than a tuple ``(images, lq_images, prompts)`` (``prompts[i]``: image i's prompt by round).
             tile_size (`int`, *optional*): pixel size of the overlapping latent tiles of the UNet for
                 large images (VAE tiling is switched on for the call too); None disables tiling.
             tile_overlap (`int`, *optional*): overlap of neighbouring tiles in pixels; defaults to a
@@ -420,6 +428,8 @@ class IRIBRestorationPipeline(DiffusionPipeline):
         """
         # 1. Check inputs
         prompt_extractor = prompt_extractor if prompt_extractor is not None else self.prompt_extractor
+        if lfo_steps is None:  # LFO refines the projector's prompt: nothing to refine without it
+            lfo_steps = DEFAULT_LFO_STEPS if use_projector else 0
         self.check_inputs(
             prompt,
             lfo_steps,
@@ -488,8 +498,7 @@ class IRIBRestorationPipeline(DiffusionPipeline):
             return [postprocess(x[None], output_type)[0] for x in items]
 
         hq, lq = gather("hq"), gather("lq")
-        rounds = len(results[0]["prompts"])
-        prompts = [[r["prompts"][k] for r in results] for k in range(rounds)]
+        prompts = [r["prompts"] for r in results]  # per image, by round
         intermediates = None
         if return_intermediates:
             steps = len(results[0]["intermediates"])

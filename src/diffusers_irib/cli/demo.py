@@ -3,7 +3,8 @@
     irib-demo            # SD2.1-base + projector + restorer (weights needed)
     irib-demo --tiny     # the same path on a randomly initialised tiny pipeline ("untrained")
 
-The grid (HQ | ELQ | LQ proxy | restored, with PSNR/SSIM) goes to irib-demo-output/irib_demo_grid.png;
+The grid (ELQ input | LQ proxy | restored | HQ, labelled, with the PSNR/SSIM of each panel against
+the HQ photo; the layout of every grid of the package) goes to irib-demo-output/irib_demo_grid.png;
 an existing grid is only replaced with --overwrite.
 """
 
@@ -13,49 +14,30 @@ import argparse
 import sys
 from pathlib import Path
 
-from PIL import Image, ImageDraw, ImageFont
-
+from ..grids import GRID_COLUMNS, comparison_grid
 from .common import add_common_arguments, int_in, make_parser, resolve_device, resolve_dtype, run_guarded, seed_value
 from .files import PlannedFile, check_output_dir, check_plan, save_image
-from .images import bundled_image_path, center_crop_resize, load_image, pil_to_tensor, tensor_to_pil
+from .images import bundled_image_path, center_crop_resize, load_image, pil_to_tensor
 from .pipeline_args import (
     add_model_arguments,
     add_restore_arguments,
+    add_tiny_argument,
     build_extractor,
     check_restore_arguments,
     load_pipeline,
     restore_kwargs,
+    tiny_pipeline,
 )
 
 PROG = "irib-demo"
 GRID_NAME = "irib_demo_grid.png"
-LABEL_HEIGHT = 34
 MIN_SIZE, MAX_SIZE = 16, 4096
 TINY_TITLE = "UNTRAINED tiny pipeline (random weights): shows the code path, not restoration quality"
 
 
-def labelled_grid(panels: list[tuple[str, object]], title: str | None = None) -> Image.Image:
-    """Panels side by side, each with its label underneath; an optional title bar on top."""
-    images = [tensor_to_pil(t) for _, t in panels]
-    w, h = images[0].size
-    top = LABEL_HEIGHT if title else 0
-    grid = Image.new("RGB", (w * len(images), h + LABEL_HEIGHT + top), "white")
-    draw = ImageDraw.Draw(grid)
-    font = ImageFont.load_default()
-    if title:
-        draw.text((6, 6), title, fill=(180, 0, 0), font=font)
-    for i, ((label, _), image) in enumerate(zip(panels, images)):
-        grid.paste(image, (i * w, top))
-        for j, line in enumerate(label.split("\n")):
-            draw.text((i * w + 6, top + h + 4 + 14 * j), line, fill="black", font=font)
-    return grid
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = make_parser(PROG, __doc__)
-    parser.add_argument(
-        "--tiny", action="store_true", help="Run on a randomly initialised tiny pipeline (no weights needed)."
-    )
+    add_tiny_argument(parser)
     parser.add_argument(
         "-o",
         "--output",
@@ -92,18 +74,15 @@ def make_elq(size: int, seed: int):
 
 def make_pipeline(args: argparse.Namespace, device, dtype):
     """The tiny random pipeline (with --tiny, in the --dtype asked for) or the real one."""
-    if not args.tiny:
-        return load_pipeline(args, device, dtype)
-    from ..tiny import make_tiny_pipeline
-
-    return make_tiny_pipeline(with_adapter_sets=True).to(device, dtype)
+    return tiny_pipeline(device, dtype) if args.tiny else load_pipeline(args, device, dtype)
 
 
-def measured_panels(hq, elq, out) -> list[tuple[str, object]]:
-    """HQ, ELQ, LQ proxy and restored, each labelled with its PSNR/SSIM against the HQ photo."""
+def measured_panels(hq, elq, out) -> tuple[list, list[str]]:
+    """ELQ, LQ proxy, restored and HQ (the grid's columns), with captions: the PSNR/SSIM of each
+    against the HQ photo."""
     from ..metrics import psnr, ssim
 
-    panels = [("HQ (reference)", hq[0])]
+    panels, captions = [], []
     print(f"{'panel':<12} {'PSNR dB':>8} {'SSIM':>7}")
     for name, image in (
         ("ELQ input", elq[0]),
@@ -112,8 +91,9 @@ def measured_panels(hq, elq, out) -> list[tuple[str, object]]:
     ):
         p, s = psnr(image, hq[0]), ssim(image, hq[0])
         print(f"{name:<12} {p:8.2f} {s:7.4f}")
-        panels.append((f"{name}\nPSNR {p:.2f} dB  SSIM {s:.3f}", image))
-    return panels
+        panels.append(image)
+        captions.append(f"PSNR {p:.2f} dB\nSSIM {s:.3f}")
+    return panels + [hq[0]], captions + ["the reference"]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -129,9 +109,10 @@ def run(args: argparse.Namespace) -> int:
     pipe.set_progress_bar_config(disable=True)
     extractor = build_extractor(args, device)
     out = pipe(elq, **restore_kwargs(args, extractor))
-    title = TINY_TITLE if args.tiny else None
-    save_image(labelled_grid(measured_panels(hq, elq, out), title), path, args.overwrite)
-    print(f"prompts per round: {[r[0] for r in out.prompts]}")
+    panels, captions = measured_panels(hq, elq, out)
+    grid = comparison_grid([panels], GRID_COLUMNS, [captions], title=TINY_TITLE if args.tiny else None)
+    save_image(grid, path, args.overwrite)
+    print(f"prompts per round: {out.prompts[0]}")
     print(f"wrote {path}")
     return 0
 

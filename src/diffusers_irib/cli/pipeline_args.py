@@ -1,4 +1,5 @@
-"""The pipeline options ``irib-restore`` and ``irib-demo`` share: models, prompts, tiling, seed.
+"""The pipeline options ``irib-restore``, ``irib-demo`` and ``irib-web`` share: models (or ``--tiny``),
+prompts, tiling, seed.
 
 Every option is checked right after parsing (ranges in the argument types, combinations in
 :func:`check_restore_arguments`), so a mistake is reported before minutes of model loading.
@@ -9,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 
+from ..defaults import DEFAULT_LFO_STEPS
 from .common import DTYPE_NAMES, CLIError, first_line, int_in, seed_value
 from .models import DEFAULT_BASE_MODEL, DEFAULT_PROJECTOR, DEFAULT_RESTORER, ModelSpec, missing_models_message
 
@@ -34,8 +36,9 @@ def add_restore_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--lfo-steps",
         type=int_in(0, MAX_LFO_STEPS),
-        default=2,
-        help=f"Look Forward Once refinements, 0 to {MAX_LFO_STEPS} (default 2).",
+        default=DEFAULT_LFO_STEPS,
+        help=f"Look Forward Once refinements, 0 to {MAX_LFO_STEPS} (default {DEFAULT_LFO_STEPS}: the paper's best, "
+        "Table 1 'LFO x2'; without --prompt or --extractor the rounds repeat the first).",
     )
     parser.add_argument("--prompt", default=None, help="Use this prompt in every round instead of an extractor.")
     parser.add_argument("--extractor", choices=EXTRACTORS, default="none", help="Prompt extractor (default none).")
@@ -87,14 +90,36 @@ def check_ram_files(args: argparse.Namespace) -> None:
             raise CLIError(f"{flag} {path!r}: no such file (the RAM/DAPE checkpoint must be a local file)")
 
 
+TINY_WARNING = "UNTRAINED tiny pipeline (random weights): the outputs show the code path, not restoration quality"
+
+
+def add_tiny_argument(parser: argparse.ArgumentParser) -> None:
+    """``--tiny``, as irib-demo, irib-restore and irib-web share it (a missing model's message names it)."""
+    parser.set_defaults(tiny_command=f"{parser.prog} --tiny")
+    parser.add_argument(
+        "--tiny",
+        action="store_true",
+        help="Use a randomly initialised tiny pipeline instead of the models (no weights needed; UNTRAINED output).",
+    )
+
+
+def tiny_pipeline(device, dtype):
+    """The random tiny pipeline with projector and restorer sets, on ``device`` in ``dtype``."""
+    from ..tiny import make_tiny_pipeline
+
+    pipe = make_tiny_pipeline(with_adapter_sets=True).to(device)
+    return pipe if pipe.dtype == dtype else pipe.to(dtype=dtype)  # built in float32
+
+
 def load_pipeline(args: argparse.Namespace, device, dtype):
-    """Check every model first (listing all that are missing), then load the pipeline."""
+    """Check every model first (listing all that are missing, and the command's ``--tiny`` that runs
+    without them), then load the pipeline."""
     specs = [
         ModelSpec("base", args.base),
         ModelSpec("projector", args.projector),
         ModelSpec("restorer", args.restorer),
     ]
-    message = missing_models_message(specs)
+    message = missing_models_message(specs, tiny_command=getattr(args, "tiny_command", "irib-demo --tiny"))
     if message:
         raise CLIError(message, code=1)
     from ..pipeline_irib import IRIBRestorationPipeline

@@ -2,6 +2,7 @@
 
     irib-restore -i photos/ -o restored/ --projector PROJECTOR --restorer RESTORER
     irib-restore a.png 'scans/*.jpg' -o out --ext auto --tile-size 512 --save-prompts
+    irib-restore a.png --tiny            # a random tiny pipeline, no weights: the code path only (UNTRAINED)
 
 Inputs are files, folders (their images) or glob patterns, as in Real-ESRGAN's and OSEDiff's
 scripts. Every output path is checked before the models load: an existing file is only replaced
@@ -41,12 +42,15 @@ from .files import (
 )
 from .images import load_image, tensor_to_pil, upright_size
 from .pipeline_args import (
+    TINY_WARNING,
     add_model_arguments,
     add_restore_arguments,
+    add_tiny_argument,
     build_extractor,
     check_restore_arguments,
     load_pipeline,
     restore_kwargs,
+    tiny_pipeline,
 )
 
 PROG = "irib-restore"
@@ -100,6 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--save-prompts", action="store_true", help="Write every round's prompts to <name>_prompts.json."
     )
     parser.add_argument("--no-lq-proxy", action="store_true", help="Do not write <name>_lq_proxy.<ext>.")
+    add_tiny_argument(parser)
     add_model_arguments(parser)
     add_restore_arguments(parser)
     add_common_arguments(parser)
@@ -202,7 +207,7 @@ def restore_one(pipe, job: Job, args: argparse.Namespace, extractor) -> list[str
     """Restore one image, write its files, and return the prompt of every round."""
     image = load_image(job.source)
     out = pipe(image, upscale=args.upscale, **restore_kwargs(args, extractor))
-    prompts = [round_prompts[0] for round_prompts in out.prompts]
+    prompts = out.prompts[0]  # the one image's prompts, by round
     save_image(tensor_to_pil(out.images[0]), job.restored, args.overwrite)
     if job.lq_proxy is not None:
         save_image(tensor_to_pil(out.lq_images[0]), job.lq_proxy, args.overwrite)
@@ -253,7 +258,9 @@ def run(args: argparse.Namespace) -> int:
     dtype = resolve_dtype(args.dtype, device)
     ready, failed = preflight(jobs, args.upscale, args.debug)
     if ready:
-        pipe = load_pipeline(args, device, dtype)
+        if args.tiny:
+            print(f"{PROG}: {TINY_WARNING}", file=sys.stderr)
+        pipe = tiny_pipeline(device, dtype) if args.tiny else load_pipeline(args, device, dtype)
         pipe.set_progress_bar_config(disable=True)
         extractor = build_extractor(args, device)
         failed += restore_all(pipe, ready, args, extractor)

@@ -21,6 +21,7 @@ import sys
 import time
 from collections.abc import Mapping
 
+from ..defaults import DEFAULT_LFO_STEPS
 from .common import (
     CLIError,
     add_common_arguments,
@@ -39,9 +40,11 @@ from .pipeline_args import (
     MAX_TILE,
     MIN_TILE,
     add_model_arguments,
+    add_tiny_argument,
     build_extractor,
     check_restore_arguments,
     load_pipeline,
+    tiny_pipeline,
 )
 
 PROG = "irib-web"
@@ -68,11 +71,7 @@ def tile_threshold(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = make_parser(PROG, __doc__)
-    parser.add_argument(
-        "--tiny",
-        action="store_true",
-        help="Serve a randomly initialised tiny pipeline (no weights; UNTRAINED output).",
-    )
+    add_tiny_argument(parser)
     add_model_arguments(parser)
     parser.add_argument(
         "--extractor", choices=EXTRACTORS, default="none", help="Prompt extractor offered in the page (default none)."
@@ -83,8 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--lfo-steps",
         type=int_in(0, MAX_LFO_STEPS),
-        default=2,
-        help=f"The page's default LFO steps, 0 to {MAX_LFO_STEPS} (default 2).",
+        default=DEFAULT_LFO_STEPS,
+        help=f"The page's default LFO steps, 0 to {MAX_LFO_STEPS} (default {DEFAULT_LFO_STEPS}, as irib-restore).",
     )
     parser.add_argument(
         "--color-fix", choices=COLOR_FIXES, default="adain", help="The page's default colour fix (default adain)."
@@ -143,11 +142,7 @@ def args_from_env(environ: Mapping[str, str] | None = None) -> list[str]:
 def load_models(args: argparse.Namespace, device, dtype):
     """(pipeline, None), or (None, what the page says) when the models are missing or do not load."""
     if args.tiny:
-        from ..tiny import make_tiny_pipeline
-
-        pipe = make_tiny_pipeline(with_adapter_sets=True).to(device)
-        if dtype != pipe.dtype:  # built in float32: casting to it again only adds diffusers' warnings
-            pipe = pipe.to(dtype=dtype)
+        pipe = tiny_pipeline(device, dtype)
     else:
         specs = [
             ModelSpec("base", args.base),

@@ -8,7 +8,8 @@ Each method's restored images go to ``OUT/images/<method>/``; a rerun skips the 
 (resumable). Under ``accelerate launch`` / ``torchrun`` every process restores its own share of the
 images and the main process computes the metrics. Outputs: ``results.json``, ``results.csv``,
 ``per_image.csv``, ``results.md`` (the paper's layout, the PSNR/SSIM convention as a column),
-``grid.png`` (the first images: ELQ | each method | HQ) and ``tradeoff.png`` (PSNR against MUSIQ
+``grid.png`` (the first images: ELQ | LQ proxies | each method | HQ, labelled; the LQ proxies of
+those images are kept in ``lq_proxies/<method>/``) and ``tradeoff.png`` (PSNR against MUSIQ
 and FID, the paper's Figure 7; ``irib-plot-tradeoff`` draws it across a sweep of checkpoints).
 
 Methods: ``restorer`` (g alone on the ELQ: the paper's "pretrained" row), ``irib`` (f then g) and
@@ -36,7 +37,7 @@ from typing import Any, Optional
 
 from ..cli.common import CLIError, add_common_arguments, int_in, make_parser, run_guarded
 from ..cli.pipeline_args import EXTRACTORS, build_extractor
-from .paper import PAPER_METRICS, paper_rows
+from .paper import PAPER_METRICS, paper_caveat, paper_rows
 from .tables import markdown_table
 
 PROG = "irib-evaluate"
@@ -52,6 +53,7 @@ METHODS = {
     "classical": ("Pretrained", None),
 }
 CONVENTIONS = ("y", "rgb")
+LQ_PROXY_DIR = "lq_proxies"  # OUT/lq_proxies/<method>/: the LQ proxies of the grid's images
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -79,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--num-images", type=int_in(1, 10**6), default=None, help="Only the first N images.")
     parser.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default=None, help="Default: fp16 on CUDA.")
     parser.add_argument(
-        "--grid", type=int_in(0, 64), default=4, help="Images in grid.png (ELQ | methods | HQ); 0: none."
+        "--grid", type=int_in(0, 64), default=4, help="Images in grid.png (ELQ | LQ proxies | methods | HQ); 0: none."
     )
     parser.add_argument(
         "--extractor", choices=EXTRACTORS, default="none", help="Prompt extractor (the paper: DAPE = ram)."
@@ -201,6 +203,8 @@ def restore_method(pipe, method: str, names: list[str], args, plug, state) -> in
     from ..cli.images import load_image, pil_to_tensor, tensor_to_pil
 
     folder = Path(args.output) / "images" / method
+    proxies = Path(args.output) / LQ_PROXY_DIR / method  # kept for grid.png only
+    in_grid = set(names[: args.grid]) if METHODS[method][1] is not None else set()
     todo = [n for n in names if not (folder / f"{n}.png").exists()]  # resumable
     state.wait_for_everyone()  # every process lists the missing images before any process writes one
     with state.split_between_processes(todo) as mine:
@@ -213,7 +217,9 @@ def restore_method(pipe, method: str, names: list[str], args, plug, state) -> in
             images = [pil_to_tensor(load_image(Path(args.testset) / "elq" / f"{n}.png")) for n in batch]
             with torch.no_grad():
                 out = pipe(images, output_type="pt", color_fix="adain", **kwargs)
-            for name, restored in zip(batch, out.images):
+            for name, restored, lq_proxy in zip(batch, out.images, out.lq_images):
+                if name in in_grid:
+                    save_image(tensor_to_pil(lq_proxy), proxies / f"{name}.png", overwrite=True)
                 save_image(tensor_to_pil(restored), folder / f"{name}.png", overwrite=True)
                 written += 1
     return written
@@ -328,6 +334,9 @@ def write_results(out: Path, per_image: list[dict], rows: list[dict], unavailabl
         table += f"\nThe paper's Table 1 ({args.paper.upper()}), for comparison:\n\n" + markdown_table(
             paper, metrics=args.metrics
         )
+        caveat = paper_caveat(args.paper, *evaluated_images(per_image, Path(args.testset)))
+        if caveat:
+            table += f"\n{caveat}\n"
     notes = "".join(f"- {m}: unavailable ({why})\n" for m, why in unavailable.items())
     if any(r.get("fid") is not None for r in rows):
         notes += (f"- fid: clean-fid's 'clean' mode, each method's {rows[0]['images']} images against hq/; below 2048 "
@@ -335,28 +344,42 @@ def write_results(out: Path, per_image: list[dict], rows: list[dict], unavailabl
     (out / "results.md").write_text(table + ("\n" + notes if notes else ""), encoding="utf-8")
 
 
+def evaluated_images(per_image: list[dict], testset: Path) -> tuple[list[str], tuple[int, int]]:
+    """The names of the images scored and the size (width, height) of the first HQ image."""
+    from PIL import Image
+
+    names = list(dict.fromkeys(r["image"] for r in per_image))
+    with Image.open(testset / "hq" / f"{names[0]}.png") as first:
+        return names, first.size
+
+
 def write_grid(out: Path, names: list[str], methods: list[str], testset: Path) -> None:
-    """One row per image: ELQ | every method | HQ, side by side, as ``grid.png``."""
+    """``grid.png``, one row per image, in the package's layout (:mod:`diffusers_irib.grids`): ELQ input |
+    the LQ proxy of every method with a projector | every method's restored image | HQ, labelled."""
     from PIL import Image
 
     from ..cli.files import save_image
+    from ..grids import comparison_grid
+
+    with_proxy = [m for m in methods if METHODS[m][1] is not None]
+    labels = ["ELQ input", *(f"LQ proxy ({m})" for m in with_proxy), *methods, "HQ (reference)"]
+
+    def panel(path: Path):  # an LQ proxy of an image restored by an earlier run may not have been kept
+        return Image.open(path).convert("RGB") if path.is_file() else None
 
     rows = []
     for name in names:
-        paths = [testset / "elq" / f"{name}.png", *(out / "images" / m / f"{name}.png" for m in methods),
-                 testset / "hq" / f"{name}.png"]  # fmt: skip
-        rows.append([Image.open(p).convert("RGB") for p in paths])
-    width, height = rows[0][0].size
-    grid = Image.new("RGB", (width * len(rows[0]), height * len(rows)))
-    for i, row in enumerate(rows):
-        for j, image in enumerate(row):
-            grid.paste(image.resize((width, height)), (j * width, i * height))
-    save_image(grid, out / "grid.png", overwrite=True)
+        proxies = [panel(out / LQ_PROXY_DIR / m / f"{name}.png") for m in with_proxy]
+        restored = [panel(out / "images" / m / f"{name}.png") for m in methods]
+        rows.append(
+            [panel(testset / "elq" / f"{name}.png"), *proxies, *restored, panel(testset / "hq" / f"{name}.png")]
+        )
+    save_image(comparison_grid(rows, labels), out / "grid.png", overwrite=True)
 
 
 def write_tradeoff(out: Path, rows: list[dict], unavailable: dict[str, str]) -> None:
     """``tradeoff.png``: every method as a point on the PSNR-MUSIQ and PSNR-FID planes (Figure 7)."""
-    from .plots import TRADEOFF_METRICS, Series, tradeoff_figure
+    from .plots import TRADEOFF_METRICS, Series, left_out, tradeoff_figure
 
     try:
         import matplotlib  # noqa: F401
@@ -364,8 +387,14 @@ def write_tradeoff(out: Path, rows: list[dict], unavailable: dict[str, str]) -> 
         print("tradeoff.png skipped: it needs matplotlib (pip install matplotlib)")
         return
     y_rows = [r for r in rows if r["convention"] == rows[0]["convention"]]
-    series = [Series(r["method"], [(r["method"], r)], joined=False) for r in y_rows]
-    drawn = tradeoff_figure(series, out / "tradeoff.png", title=f"{len(y_rows)} methods, {y_rows[0]['images']} images")
+    reasons = {m: f"unavailable: {unavailable.get(m, 'not asked for')}" for m in ("psnr", *TRADEOFF_METRICS)}
+    series = [Series(r["method"], [(r["method"], r)], joined=False, reasons={r["method"]: reasons}) for r in y_rows]
+    missing = left_out(series)
+    note = "Left out: " + "; ".join(line.split(" (")[0] for line in missing) if missing else ""
+    title = f"{len(y_rows)} methods, {y_rows[0]['images']} images"
+    drawn = tradeoff_figure(series, out / "tradeoff.png", title=title, note=note)
+    for line in missing if drawn else []:
+        print(f"tradeoff.png left out: {line}")
     if not drawn:
         why = "; ".join(f"{m}: {unavailable.get(m, 'not asked for')}" for m in TRADEOFF_METRICS)
         print(f"tradeoff.png skipped: no MUSIQ or FID ({why})")

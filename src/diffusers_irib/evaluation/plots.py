@@ -36,6 +36,8 @@ class Series:
     points: list[tuple[str, dict]] = field(default_factory=list)  # (label, metric values)
     joined: bool = True
     marker: str = "o"
+    reasons: dict[str, dict[str, str]] = field(default_factory=dict)  # label -> {metric: why it has no value}
+    ours: bool = True  # False: the paper's published points (never enough on their own)
 
 
 def axis_label(metric: str) -> str:
@@ -48,10 +50,32 @@ def plottable(series: list[Series], metric: str) -> bool:
                for s in series for _, values in s.points)  # fmt: skip
 
 
-def tradeoff_figure(series: list[Series], path: Path, title: str = "", metrics=TRADEOFF_METRICS) -> list[str]:
+def left_out(series: list[Series], metrics=TRADEOFF_METRICS) -> list[str]:
+    """What a figure of ``series`` does not show, one line each, with the reason the run gives: a
+    panel no point can be drawn in, and every point missing from a panel that is drawn."""
+    drawn = [m for m in metrics if plottable(series, m)]
+    lines = [
+        f"the PSNR-{LABELS.get(m, m)} panel: no point has PSNR and {m.upper()}" for m in metrics if m not in drawn
+    ]
+    for s in series:
+        for label, values in s.points:
+            missing = [m for m in ("psnr", *drawn) if values.get(m) is None]
+            panels = [m for m in drawn if values.get("psnr") is None or values.get(m) is None]
+            if not panels:
+                continue
+            why = "; ".join(f"{m.upper()} {s.reasons.get(label, {}).get(m, 'not in its results')}" for m in missing)
+            where = " and ".join(f"PSNR-{LABELS.get(m, m)}" for m in panels)
+            lines.append(f"{s.name} {label!r} is not in the {where} panel ({why})")
+    return lines
+
+
+def tradeoff_figure(
+    series: list[Series], path: Path, title: str = "", metrics=TRADEOFF_METRICS, note: str = ""
+) -> list[str]:
     """Draw one panel per metric (against PSNR) that has values; returns the metrics drawn.
 
-    Nothing is written when no panel has a value, since an empty plot would only mislead.
+    Nothing is written when no panel has a value, since an empty plot would only mislead; ``note``
+    (e.g. what was left out) is printed under the panels.
     """
     import matplotlib
 
@@ -80,6 +104,9 @@ def tradeoff_figure(series: list[Series], path: Path, title: str = "", metrics=T
     if title:
         fig.suptitle(title)
     fig.tight_layout()
+    if note:
+        fig.subplots_adjust(bottom=0.2)
+        fig.text(0.01, 0.01, note, fontsize=7, color="firebrick", wrap=True)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp.png")
     fig.savefig(tmp, dpi=120)
@@ -89,20 +116,34 @@ def tradeoff_figure(series: list[Series], path: Path, title: str = "", metrics=T
 
 
 # --------------------------------------------------------------------------- sweep CLI
-def run_row(run: Path, method: str) -> dict:
-    """The ``method`` row (Y convention when present) of one irib-evaluate run."""
+def run_result(run: Path, method: str) -> tuple[dict, dict[str, str]]:
+    """The ``method`` row (Y convention when present) of one irib-evaluate run, and why each metric
+    without a value has none (the run's ``unavailable`` record)."""
     results = run / "results.json"
     if not results.is_file():
         raise CLIError(f"{str(run)!r} has no results.json (is it an irib-evaluate output folder?)")
     try:
-        rows = json.loads(results.read_text(encoding="utf-8"))["rows"]
+        record = json.loads(results.read_text(encoding="utf-8"))
+        rows = record["rows"]
     except (ValueError, KeyError) as err:
         raise CLIError(f"{str(results)!r} is not an irib-evaluate results file: {err}") from None
     mine = [r for r in rows if r["method"] == method]
     if not mine:
         have = sorted({r["method"] for r in rows})
         raise CLIError(f"{str(run)!r} has no method {method!r} (it has: {', '.join(have)})")
-    return next((r for r in mine if r.get("convention") == "y"), mine[0])
+    row = next((r for r in mine if r.get("convention") == "y"), mine[0])
+    unavailable = record.get("unavailable") or {}
+    reasons = {}
+    for metric in ("psnr", *TRADEOFF_METRICS):
+        if row.get(metric) is None:
+            why = f": {unavailable[metric]}" if metric in unavailable else " (not asked for)"
+            reasons[metric] = f"unavailable in {str(run)!r}{why}"
+    return row, reasons
+
+
+def run_row(run: Path, method: str) -> dict:
+    """The ``method`` row (Y convention when present) of one irib-evaluate run."""
+    return run_result(run, method)[0]
 
 
 def paper_series(dataset: str) -> list[Series]:
@@ -110,8 +151,8 @@ def paper_series(dataset: str) -> list[Series]:
     from .paper import paper_rows
 
     rows = paper_rows(dataset, "Table 3")
-    sweep = Series(f"paper {dataset.upper()}: OSEDiff + Ours", marker="s")
-    baseline = Series(f"paper {dataset.upper()}: fine-tuned", joined=False, marker="^")
+    sweep = Series(f"paper {dataset.upper()}: OSEDiff + Ours", marker="s", ours=False)
+    baseline = Series(f"paper {dataset.upper()}: OSEDiff fine-tuned", joined=False, marker="^", ours=False)
     for row in rows:
         if "blur" in row.method:
             sweep.points.append((row.method.split("(")[-1].rstrip(")"), row.as_dict()))
@@ -146,25 +187,45 @@ def run(args: argparse.Namespace) -> int:
     labels = args.labels or [Path(r).name for r in args.runs]
     series: list[Series] = []
     if args.runs:
-        series.append(
-            Series(args.name, [(label, run_row(Path(r), args.method)) for label, r in zip(labels, args.runs)])
-        )
+        sweep = Series(args.name)
+        for label, r in zip(labels, args.runs):
+            row, sweep.reasons[label] = run_result(Path(r), args.method)
+            sweep.points.append((label, row))
+        series.append(sweep)
     for spec in args.baseline:
         folder, _, method = spec.rpartition(":")
         if not folder or not method:
             raise CLIError(f"--baseline must look like RUN:METHOD, got {spec!r}")
-        series.append(
-            Series(
-                f"{Path(folder).name}: {method}", [(method, run_row(Path(folder), method))], joined=False, marker="^"
-            )
-        )
+        row, reasons = run_result(Path(folder), method)
+        name = f"{Path(folder).name}: {method}"
+        series.append(Series(name, [(method, row)], joined=False, marker="^", reasons={method: reasons}))
     if args.paper:
         series += paper_series(args.paper)
-    drawn = tradeoff_figure(series, output, args.title)
-    if not drawn:
-        raise CLIError("no point has PSNR together with MUSIQ or FID (were they unavailable in these runs?)")
+    check_ours_drawn(series)
+    missing = left_out(series)
+    note = "Left out: " + "; ".join(line.split(" (")[0] for line in missing) if missing else ""
+    drawn = tradeoff_figure(series, output, args.title, note=note)
     print(f"wrote {output} (PSNR against {', '.join(m.upper() for m in drawn)})")
+    for line in missing:
+        print(f"  left out: {line}")
     return 0
+
+
+def check_ours_drawn(series: list[Series]) -> None:
+    """Refuse a figure in which none of the user's runs appears (only the paper's points would)."""
+    ours = [s for s in series if s.ours]
+    if not ours or any(plottable([s], m) for s in ours for m in TRADEOFF_METRICS):
+        return  # (only --paper: the paper's figure, asked for as such)
+    why = "; ".join(
+        f"{s.name} {label!r}: " + ", ".join(f"{m.upper()} {r}" for m, r in s.reasons.get(label, {}).items())
+        for s in ours
+        for label, _ in s.points
+    )
+    raise CLIError(
+        "no point has PSNR together with MUSIQ or FID, so none of these runs can be drawn"
+        + (" (the figure would show only the paper's points)" if len(ours) < len(series) else "")
+        + (f": {why}" if why else "")
+    )
 
 
 def main(argv: Optional[list[str]] = None) -> int:

@@ -22,6 +22,7 @@ from ..cli.common import EXPECTED_ERRORS, MAX_SEED, first_line
 from ..cli.images import load_image, pil_to_tensor, tensor_to_pil, upright_size
 from ..cli.pipeline_args import COLOR_FIXES, MAX_LFO_STEPS
 from ..cli.restore import is_out_of_memory
+from ..defaults import DEFAULT_LFO_STEPS
 from .workdir import WorkDir
 
 DEGRADE_CHOICES = ("none", "LQ", "ELQ")  # the page's labels of irib-degrade's presets
@@ -59,7 +60,7 @@ class RestoreOptions:
 
     degrade: str = "none"
     degrade_seed: int = 0
-    lfo_steps: int = 2
+    lfo_steps: int = DEFAULT_LFO_STEPS
     prompt: str = ""
     extractor: str = NO_EXTRACTOR
     color_fix: str = "adain"
@@ -307,7 +308,7 @@ class WebRestorer:
         input_path, restored_path = folder / f"{stem}_input.png", folder / f"{stem}_restored.png"
         shown.save(input_path)
         restored.save(restored_path)
-        prompts = [round_prompts[0] for round_prompts in out.prompts]
+        prompts = out.prompts[0]  # the one image's prompts, by round
         proxies = []
         for k, lq in enumerate(out.intermediate_lq_images or [], start=1):
             lq_path = folder / f"{stem}_lq_proxy_round{k}.png"
