@@ -164,13 +164,33 @@ def test_pipeline_default_lfo_steps_is_the_papers_best_row(pipe):
     assert DEFAULT_LFO_STEPS == 2
     assert "Table 1" in type(pipe).__call__.__doc__ and "LFO x2" in type(pipe).__call__.__doc__
     counter = CallCounter(pipe)
-    out = pipe(smooth_image(), prompt="x", output_type="pt")
-    assert counter.counts["unet"] == DEFAULT_LFO_STEPS + 2 and len(out.prompts[0]) == DEFAULT_LFO_STEPS + 2
+    pipe(smooth_image(), prompt_extractor=RecordingExtractor(), output_type="pt")
+    assert counter.counts["unet"] == DEFAULT_LFO_STEPS + 2
     # the restorer alone has no projector prompt to refine: no LFO, no error
     out = pipe(smooth_image(), prompt="x", use_projector=False, output_type="pt")
     assert out.prompts == [["x"]]
     with pytest.raises(ValueError, match="use_projector=True"):  # asked for explicitly, it still is an error
         pipe(smooth_image(), lfo_steps=1, use_projector=False)
+
+
+def test_rounds_that_repeat_the_last_prompt_reuse_its_lq_proxy(pipe):
+    """A fixed prompt gives every LFO round the same input, so the projector runs once: the default
+    lfo_steps=2 then costs (and returns) exactly what lfo_steps=0 does."""
+    image = smooth_image()
+    single = pipe(image, prompt="x", lfo_steps=0, output_type="pt", return_intermediates=True)
+    counter = CallCounter(pipe)
+    out = pipe(image, prompt="x", lfo_steps=2, output_type="pt", return_intermediates=True)
+    assert counter.counts["unet"] == 2 and counter.counts["decoder"] == 2  # projector once, restorer once
+    assert out.prompts == [["x", "x", "x", "x"]]  # every round is still listed
+    assert len(out.intermediate_lq_images) == 3
+    for lq in out.intermediate_lq_images:
+        torch.testing.assert_close(lq, single.lq_images, atol=0, rtol=0)
+    torch.testing.assert_close(out.images, single.images, atol=0, rtol=0)
+    # a prompt that changes in round 3 only re-runs the projector there
+    rounds = iter(["a", "a", "b", "b"])
+    counter = CallCounter(pipe)
+    pipe(image, lfo_steps=2, prompt_extractor=lambda images: [next(rounds)] * len(images))
+    assert counter.counts["unet"] == 3  # rounds 1 and 3 of the projector, then the restorer
 
 
 def test_text_encoder_runs_once_per_distinct_prompt(pipe):

@@ -402,8 +402,9 @@ class IRIBRestorationPipeline(DiffusionPipeline):
                 Once refinements: each re-extracts the prompt from the current LQ proxy and re-runs the
                 projector on the ELQ encoding. The default (``diffusers_irib.defaults.DEFAULT_LFO_STEPS``)
                 is the paper's best row, Table 1 "LFO x2"; 0 is the single projector pass of its
-                ablations. With a fixed ``prompt`` or no extractor every round gets the same prompt,
-                so the extra rounds only repeat the first (pass 0 then).
+                ablations. A round whose prompts equal the previous round's (a fixed ``prompt``, no
+                extractor) reuses that round's LQ proxy instead of re-running the projector: it would
+                be identical, so the default costs nothing extra then.
             prompt_extractor (*optional*): callable from a list of PIL images to a list of prompts;
                 defaults to ``pipe.prompt_extractor``, else the empty prompt.
             restorer (*optional*): plug-and-play LQ -> HQ model replacing the built-in restorer: a
@@ -564,9 +565,12 @@ class IRIBRestorationPipeline(DiffusionPipeline):
                     elq_latents = irib.encode_elq(self.unet, self.vae, elq, generator)
                     for _ in range(lfo_steps + 1):
                         prompts = self._extract_prompts(extractor, crop01(lq), user_prompt)
+                        # f is deterministic given its ELQ encoding and prompt: a round whose prompts
+                        # repeat the last round's (fixed prompt, no extractor) would repeat its LQ proxy
+                        if not prompts_per_round or prompts != prompts_per_round[-1]:
+                            embeds = self.encode_prompt(prompts, device, cache)
+                            lq = irib.project(self.unet, self.vae, alphas, elq_latents, embeds, noise_fn=noise_fn)
                         prompts_per_round.append(prompts)
-                        embeds = self.encode_prompt(prompts, device, cache)
-                        lq = irib.project(self.unet, self.vae, alphas, elq_latents, embeds, noise_fn=noise_fn)
                         if keep_intermediates:
                             intermediates.append(crop01(lq).cpu())
                         progress.update()
