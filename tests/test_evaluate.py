@@ -224,6 +224,14 @@ def test_the_default_dape_prompts_stop_before_loading_when_ram_or_its_checkpoint
         assert part in err, part
     assert not (workspace / "no-ram").exists()
 
+    with pytest.raises(SystemExit):  # --dape-checkpoint none: plain RAM, which upstream's package provides
+        evaluate(
+            args_for(workspace, "no-ram", "--extractor-model", "ram.pth", "--dape-checkpoint", "none", extractor=None)
+        )
+    err = capsys.readouterr().err
+    assert "the `ram` package (plain RAM: pip install" in err and "'ram.pth': no such file" in err
+    assert "ram_lora" not in err and "DAPE.pth" not in err
+
     fake_dape(monkeypatch)  # the package is there now; one checkpoint is, the other is not
     (tmp_path / "ram_swin_large_14m.pth").write_bytes(b"")
     ram_ckpt, dape_ckpt = str(tmp_path / "ram_swin_large_14m.pth"), str(tmp_path / "DAPE.pth")

@@ -473,9 +473,8 @@ def run(args: argparse.Namespace) -> int:
     if args.direct:
         pipe.load_adapter_set(args.direct, role="direct")
     pipe.to(state.device).set_progress_bar_config(disable=True)
-    extractor_args = argparse.Namespace(**{**vars(args), "dape_checkpoint": None})
-    if args.dape_checkpoint != "none":
-        extractor_args.dape_checkpoint = args.dape_checkpoint
+    dape = None if args.dape_checkpoint == "none" else args.dape_checkpoint  # 'none': plain RAM
+    extractor_args = argparse.Namespace(**{**vars(args), "dape_checkpoint": dape})
     pipe.prompt_extractor = build_extractor(extractor_args, state.device)  # used by every method's pipeline call
     timings = {}
     for method in args.methods:
