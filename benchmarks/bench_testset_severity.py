@@ -88,7 +88,7 @@ def evaluator_cost(root: Path, testset: Path) -> None:
 
     argv = [str(testset), str(root / "results"), "--base", str(root / "base"), "--projector", str(root / "projector"),
             "--restorer", str(root / "restorer"), "--methods", *methods, "--metrics", "psnr", "ssim", "--convention",
-            "both", "--grid", "4"]  # fmt: skip
+            "both", "--grid", "4", "--extractor", "none"]  # fmt: skip
     start = time.perf_counter()
     evaluate(argv)
     full = time.perf_counter() - start

@@ -1,10 +1,11 @@
 """Seconds and peak memory of one IRIB training step, against OSEDiff's three-UNet layout, same run.
 
     python benchmarks/bench_train_step.py                                  # CPU: 256 x 256, fp32
-    python benchmarks/bench_train_step.py --device cuda --size 512 --dtype bf16 --gradient-checkpointing
+    python benchmarks/bench_train_step.py --device cuda --size 512 --dtype bf16 --gradient-checkpointing \
+        --batch-size 4
 
 The exact SD2.1-base architecture with random weights (benchmarks/sd21_base.py, nothing downloaded),
-batch 1, and a random-backbone LPIPS-VGG (lpips' own linear heads; the backbone's weights do not
+--batch-size HQ crops (default 1), and a random-backbone LPIPS-VGG (lpips' own linear heads; the backbone's weights do not
 change the cost). Each layout runs in a fresh process so its peak memory is its own (CUDA:
 max_memory_allocated; CPU: the process's peak resident set):
 
@@ -17,12 +18,12 @@ max_memory_allocated; CPU: the process's peak resident set):
   loss (L2 + LPIPS + VSD for the generator, epsilon loss for the regularizer).
 
 The goal is ours <= 0.8 x OSEDiff's peak memory although our step runs two one-step models, and
-under 20 GB at 512 px, batch 1, on a GPU. Prints, never asserts.
+under 20 GB at 512 px, batch 1, on a GPU. Prints (the last line, ``SUMMARY ...``, holds the peaks
+and the goals for benchmarks/gpu_checks.sh), never asserts; exits 1 if a layout failed.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import resource
 import subprocess
@@ -30,6 +31,7 @@ import sys
 import time
 
 import torch
+from bench_args import train_step_parser
 from sd21_base import build_text_encoder, build_tokenizer, build_unet, build_vae
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -90,7 +92,7 @@ def run_ours(args, device) -> dict:
     cast_training_params(vae, dtype=torch.float32)
     optimizer = torch.optim.AdamW(objective.trainable_parameters(), lr=5e-5)
     reg_optimizer = torch.optim.AdamW(objective.regularizer_parameters(), lr=5e-5)
-    hq = torch.rand(1, 3, args.size, args.size, generator=torch.Generator().manual_seed(0))
+    hq = torch.rand(args.batch_size, 3, args.size, args.size, generator=torch.Generator().manual_seed(0))
 
     def projector_step(generator):
         batch = objective.make_batch(hq, generator=generator)
@@ -140,12 +142,15 @@ def run_osediff(args, device) -> dict:
         with torch.no_grad():
             return text_encoder(ids)[0]
 
-    prompt, negative = embed("a photo"), embed("painting, blurring, low quality")
+    # one prompt per crop: the prior's guidance batch is [negative; prompt] against [latents; latents]
+    prompt, negative = (
+        embed(p).expand(args.batch_size, -1, -1) for p in ("a photo", "painting, blurring, low quality")
+    )
     optimizer = torch.optim.AdamW(
         [p for p in [*generator_unet.parameters(), *vae.parameters()] if p.requires_grad], lr=5e-5
     )
     reg_optimizer = torch.optim.AdamW([p for p in fake_unet.parameters() if p.requires_grad], lr=5e-5)
-    hq = torch.rand(1, 3, args.size, args.size, generator=torch.Generator().manual_seed(0), device="cpu").to(device)
+    hq = torch.rand(args.batch_size, 3, args.size, args.size, generator=torch.Generator().manual_seed(0)).to(device)
 
     def score(unet):
         return lambda z, t, c: predict_noise(unet, z, c, t)
@@ -178,18 +183,32 @@ def run_osediff(args, device) -> dict:
     return {k: min(v) for k, v in times.items()} | {"peak_gb": peak_gb(device)}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--size", type=int, default=None, help="HQ crop size (default 256 on CPU, 512 on CUDA)")
-    parser.add_argument("--dtype", default=None, choices=sorted(DTYPES), help="fp32 on CPU, bf16 on CUDA")
-    parser.add_argument("--gradient-checkpointing", action="store_true")
-    parser.add_argument("--steps", type=int, default=2, help="steps per layout; the fastest is reported")
-    parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--layouts", nargs="+", default=["ours", "osediff"], choices=["ours", "osediff"])
-    parser.add_argument("--worker", choices=["ours", "osediff"], help=argparse.SUPPRESS)
-    args = parser.parse_args()
+GOAL_BATCH1_GB = 20.0  # the memory goal at 512 px, batch 1, on a GPU
+GOAL_RATIO = 0.8  # ours / OSEDiff's layout
+
+
+def summary(results: dict, args, failed: list[str]) -> str:
+    """One line with the peaks and the goals (gpu_checks.sh puts it in its table)."""
+    parts = [
+        f"{name} {r['peak_gb']:.2f} GB, step {r['projector']:.2f}+{r['regularizer']:.2f} s"
+        for name, r in results.items()
+    ]
+    parts += [f"{layout} FAILED" for layout in failed]
+    if len(results) == 2:
+        ratio = results["ours"]["peak_gb"] / results["osediff"]["peak_gb"]
+        parts.append(f"ours/osediff {ratio:.2f} (goal <= {GOAL_RATIO}: {'met' if ratio <= GOAL_RATIO else 'MISSED'})")
+    if "ours" in results and args.batch_size == 1 and args.device.startswith("cuda"):
+        peak = results["ours"]["peak_gb"]
+        parts.append(f"ours < {GOAL_BATCH1_GB:.0f} GB: {'met' if peak < GOAL_BATCH1_GB else 'MISSED'}")
+    return f"SUMMARY batch {args.batch_size}, {args.size} px, {args.dtype}: " + "; ".join(parts)
+
+
+def main() -> int:
+    args = train_step_parser(__doc__).parse_args()
     device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        print("bench_train_step.py: --device cuda, but CUDA is not available here", file=sys.stderr)
+        return 1
     args.size = args.size or (512 if device.type == "cuda" else 256)
     args.dtype = args.dtype or ("bf16" if device.type == "cuda" else "fp32")
     if args.threads:
@@ -197,25 +216,28 @@ def main() -> None:
     if args.worker:
         result = (run_ours if args.worker == "ours" else run_osediff)(args, device)
         print("RESULT " + json.dumps(result))
-        return
+        return 0
 
-    results = {}
+    results, failed = {}, []
     for layout in args.layouts:
         cmd = [sys.executable, __file__, "--worker", layout, *sys.argv[1:]]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
         if proc.returncode or not line:
             print(f"{layout} failed:\n{proc.stderr[-3000:]}")
+            failed.append(layout)
             continue
         results[layout] = json.loads(line[-1][len("RESULT ") :])
-    print(f"SD2.1-base architecture, batch 1, {args.size} px, {args.dtype}, {device.type}, "
+    print(f"SD2.1-base architecture, batch {args.batch_size}, {args.size} px, {args.dtype}, {device.type}, "
           f"gradient checkpointing {'on' if args.gradient_checkpointing else 'off'}")  # fmt: skip
     print(f"{'layout':<10} {'projector step s':>17} {'regularizer step s':>19} {'peak GB':>8}")
     for layout, r in results.items():
         print(f"{layout:<10} {r['projector']:>17.2f} {r['regularizer']:>19.2f} {r['peak_gb']:>8.2f}")
     if len(results) == 2:
         print(f"peak memory ours / osediff: {results['ours']['peak_gb'] / results['osediff']['peak_gb']:.2f}")
+    print(summary(results, args, failed))
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

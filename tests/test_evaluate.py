@@ -9,7 +9,9 @@ import json
 import os
 import subprocess
 import sys
+import types
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import pytest
@@ -67,9 +69,11 @@ def workspace(tmp_path_factory):
     return root
 
 
-def args_for(root: Path, out: str, *extra: str) -> list[str]:
+def args_for(root: Path, out: str, *extra: str, extractor: Optional[str] = "none") -> list[str]:
+    """The command line for the workspace; ``extractor=None`` leaves the default (the paper's DAPE)."""
+    flags = [] if extractor is None else ["--extractor", extractor]
     return [str(root / "testset"), str(root / out), "--base", str(root / "base"), "--projector", str(root / "projector"),
-            "--restorer", str(root / "restorer"), *extra]  # fmt: skip
+            "--restorer", str(root / "restorer"), *flags, *extra]  # fmt: skip
 
 
 def test_every_method_runs_and_the_table_has_psnr_ssim_and_marks_the_rest_unavailable(workspace, capsys, monkeypatch):
@@ -184,3 +188,132 @@ def test_examples_evaluate_irib_is_the_irib_evaluate_program():
     command = subprocess.run([str(BIN / "irib-evaluate"), "--help"], env=env, capture_output=True, text=True)
     assert example.returncode == command.returncode == 0
     assert example.stdout == command.stdout and "--methods" in command.stdout
+
+
+# ------------------------------------------------------------------ prompts: DAPE by default, LFO without prompts
+def fake_dape(monkeypatch) -> dict:
+    """A stand-in `ram` package with the RAM-with-LoRA builder (as OSEDiff ships it): records how it
+    was built, and tags each image from its mean (ImageNet-normalised), so an LQ proxy that differs
+    from the ELQ gets other tags, as DAPE's do."""
+    record: dict = {}
+    words = ("sky", "tree", "cat", "dog", "car", "sea", "hill", "road", "boat", "wall")
+
+    def build(**kwargs):
+        record["build"] = kwargs
+        return torch.nn.Linear(1, 1)
+
+    def inference_ram(images, model):
+        means = images.float().mean(dim=(1, 2, 3))
+        return [f"{words[int(m.abs() * 100) % 10]}, {words[int(m.abs() * 1000) % 10]}" for m in means]
+
+    ram, models, lora = (types.ModuleType(n) for n in ("ram", "ram.models", "ram.models.ram_lora"))
+    ram.inference_ram, ram.models, models.ram, models.ram_lora, lora.ram = inference_ram, models, build, lora, build
+    for module in (ram, models, lora):
+        monkeypatch.setitem(sys.modules, module.__name__, module)
+    return record
+
+
+@pytest.fixture
+def no_model_loading(monkeypatch):
+    """Fails the test if the pipeline is loaded (the checks must come first)."""
+    from diffusers_irib.pipeline_irib import IRIBRestorationPipeline
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the models were loaded before the extractor was checked")
+
+    monkeypatch.setattr(IRIBRestorationPipeline, "from_pretrained", refuse)
+
+
+@pytest.mark.usefixtures("no_model_loading")
+def test_the_default_dape_prompts_stop_before_loading_when_ram_or_its_checkpoints_are_missing(
+    workspace, capsys, monkeypatch, tmp_path
+):
+    monkeypatch.setitem(sys.modules, "ram", None)  # `import ram` fails, installed or not
+    with pytest.raises(SystemExit) as info:
+        evaluate(args_for(workspace, "no-ram", "--methods", "irib", "irib-lfo1", extractor=None))
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and err.count("\n") == 1  # one line
+    for part in (
+        "--extractor ram, the default",
+        "the `ram` package with ram.models.ram_lora",
+        "--extractor-model PATH to RAM's ram_swin_large_14m.pth",
+        "--dape-checkpoint PATH to DAPE.pth",
+        "Or pass --extractor none",
+    ):
+        assert part in err, part
+    assert not (workspace / "no-ram").exists()
+
+    with pytest.raises(SystemExit):  # --dape-checkpoint none: plain RAM, which upstream's package provides
+        evaluate(
+            args_for(workspace, "no-ram", "--extractor-model", "ram.pth", "--dape-checkpoint", "none", extractor=None)
+        )
+    err = capsys.readouterr().err
+    assert "the `ram` package (plain RAM: pip install" in err and "'ram.pth': no such file" in err
+    assert "ram_lora" not in err and "DAPE.pth" not in err
+
+    fake_dape(monkeypatch)  # the package is there now; one checkpoint is, the other is not
+    (tmp_path / "ram_swin_large_14m.pth").write_bytes(b"")
+    ram_ckpt, dape_ckpt = str(tmp_path / "ram_swin_large_14m.pth"), str(tmp_path / "DAPE.pth")
+    argv = args_for(
+        workspace, "no-dape", "--extractor-model", ram_ckpt, "--dape-checkpoint", dape_ckpt, extractor=None
+    )
+    with pytest.raises(SystemExit) as info:
+        evaluate(argv)
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and f"--dape-checkpoint {dape_ckpt!r}: no such file" in err
+    assert "`ram` package" not in err and "--extractor-model" not in err
+
+
+def test_dape_prompts_by_default_make_the_lfo_rounds_differ(workspace, capsys, monkeypatch, tmp_path):
+    record = fake_dape(monkeypatch)
+    ram_ckpt, dape_ckpt = tmp_path / "ram_swin_large_14m.pth", tmp_path / "DAPE.pth"
+    ram_ckpt.write_bytes(b"")
+    dape_ckpt.write_bytes(b"")
+    flags = "--methods irib irib-lfo1 --metrics psnr --grid 0 --num-images 2".split()
+    argv = args_for(
+        workspace,
+        "dape",
+        *flags,
+        "--extractor-model",
+        str(ram_ckpt),
+        "--dape-checkpoint",
+        str(dape_ckpt),
+        extractor=None,
+    )
+    assert evaluate(argv) == 0
+    assert record["build"]["pretrained_condition"] == str(dape_ckpt)  # DAPE: RAM + its LoRA, as OSEDiff builds it
+    assert "warning" not in capsys.readouterr().err
+    out = workspace / "dape"
+    changed = [
+        not np.array_equal(np.asarray(Image.open(p)), np.asarray(Image.open(out / "images" / "irib-lfo1" / p.name)))
+        for p in sorted((out / "images" / "irib").glob("*.png"))
+    ]
+    assert len(changed) == 2 and any(changed)  # the LQ proxy's tags re-prompted the projector
+    assert not any("repeat_of" in r for r in json.loads((out / "results.json").read_text())["rows"])
+    assert "(= irib)" not in (out / "results.md").read_text()
+
+
+def test_without_an_extractor_the_lfo_rows_repeat_irib_and_say_so(workspace, capsys):
+    flags = "--methods restorer irib irib-lfo1 irib-lfo2 --metrics psnr ssim --grid 0 --num-images 2".split()
+    argv = args_for(workspace, "no-prompts", *flags)
+    assert evaluate(argv) == 0
+    captured = capsys.readouterr()
+    warning = "irib-evaluate: warning: irib-lfo1 and irib-lfo2 without a prompt extractor (--extractor none)"
+    assert warning in captured.err and "restored" not in captured.err  # said at the start, on stderr
+    out = workspace / "no-prompts"
+    for lfo in ("irib-lfo1", "irib-lfo2"):  # the same prompt each round: the same images, bit for bit
+        for p in (out / "images" / "irib").glob("*.png"):
+            assert np.array_equal(np.asarray(Image.open(p)), np.asarray(Image.open(out / "images" / lfo / p.name)))
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    assert {r["method"]: r.get("repeat_of") for r in rows} == {
+        "restorer": None,
+        "irib": None,
+        "irib-lfo1": "irib",
+        "irib-lfo2": "irib",
+    }
+    table = (out / "results.md").read_text()
+    for lfo in ("irib-lfo1", "irib-lfo2"):
+        (line,) = [x for x in table.splitlines() if x.startswith(f"| {lfo} (= irib) |")]
+        assert "**" not in line and "<u>" not in line  # never ranked, neither best nor second
+    assert "every LFO round repeats the same empty prompt, so these rows equal irib's" in table
+    assert "a row marked (= METHOD) repeats that method's images and is not ranked" in table

@@ -58,3 +58,37 @@ def test_the_papers_rows_are_complete():
     assert t1["direct"].values == t3["OSEDiff Fine-tuned"].values
     with pytest.raises(ValueError, match="dataset"):
         paper_rows("div4k")
+
+
+def test_values_that_print_the_same_share_a_mark():
+    """A GPU rerun of one computation can differ in the last bits: 20.04881 and 20.04879 both print as
+    20.0488, so neither may be "best" over the other and the next value is the second best."""
+    assert rank_marks([20.04881, 20.04879, 19.6], higher_is_better=True) == ["best", "second", ""]
+    assert rank_marks([20.04881, 20.04879, 19.6], higher_is_better=True, digits=4) == ["best", "best", "second"]
+    assert rank_marks([0.42491, 0.42489, 0.5], higher_is_better=False, digits=4) == ["best", "best", "second"]
+    table = markdown_table(
+        [{"method": "a", "psnr": 20.04881}, {"method": "b", "psnr": 20.04879}, {"method": "c", "psnr": 19.6}],
+        metrics=("psnr",),
+    )
+    assert table.count("**20.0488**") == 2 and "<u>19.6000</u>" in table
+
+
+def test_a_row_that_repeats_another_is_shown_as_such_and_never_ranked():
+    """Without a prompt extractor irib-lfo1/irib-lfo2 recompute irib's images: identical rows that must
+    not take "second best" from the next real method, nor be marked themselves."""
+    rows = [
+        {"method": "restorer", "lfo": "x", "psnr": 19.5, "lpips": 0.50},
+        {"method": "direct", "lfo": "x", "psnr": 19.9, "lpips": 0.44},
+        {"method": "irib", "lfo": "x", "psnr": 20.0, "lpips": 0.43},
+        {"method": "irib-lfo1", "lfo": "x1", "psnr": 20.0, "lpips": 0.43, "repeat_of": "irib"},
+        {"method": "irib-lfo2", "lfo": "x2", "psnr": 20.00002, "lpips": 0.4299, "repeat_of": "irib"},  # GPU bits
+    ]
+    lines = markdown_table(rows, metrics=("psnr", "lpips")).splitlines()
+    assert lines[0] == "| Method | LFO | PSNR ↑ | LPIPS ↓ |"
+    assert lines[2:] == [
+        "| restorer | x | 19.5000 | 0.5000 |",
+        "| direct | x | <u>19.9000</u> | <u>0.4400</u> |",
+        "| irib | x | **20.0000** | **0.4300** |",
+        "| irib-lfo1 (= irib) | x1 | 20.0000 | 0.4300 |",
+        "| irib-lfo2 (= irib) | x2 | 20.0000 | 0.4299 |",
+    ]

