@@ -23,6 +23,7 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
 import sys
 import time
@@ -68,6 +69,11 @@ DIRECT_USAGE = (
 )
 #: Files of the output folder that are not part of the published set.
 NOT_PUBLISHED = ["checkpoint-*", "checkpoint-*/**", "logs/**", "validation/**"]
+#: The only folders this script treats as its checkpoints (pruned, resumed): exactly checkpoint-<step>.
+CHECKPOINT_NAME = re.compile(r"checkpoint-([0-9]+)")
+#: Written last into a checkpoint: its step and every file with its size. No record, no checkpoint.
+CHECKPOINT_RECORD = "irib_checkpoint.json"
+IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".ppm", ".pgm"}
 
 
 # ----------------------------------------------------------------------------------------------- arguments
@@ -146,13 +152,24 @@ def parse_args(input_args: list[str] | None = None) -> argparse.Namespace:
 
     out = parser.add_argument_group("output and logging")
     out.add_argument("--output_dir", default="irib-projector")
+    out.add_argument(
+        "--overwrite_output_dir",
+        action="store_true",
+        help="Start afresh in an --output_dir that holds an earlier run's set or checkpoints (its checkpoints "
+        "are removed). Default: refuse, unless resuming.",
+    )
     out.add_argument("--logging_dir", default="logs", help="Relative to --output_dir.")
     out.add_argument("--report_to", default="tensorboard", help="tensorboard, wandb, all, or none.")
     out.add_argument("--validation_images", nargs="*", default=[], help="Image files restored at every validation.")
     out.add_argument("--validation_steps", type=int, default=500)
     out.add_argument("--checkpointing_steps", type=int, default=500)
     out.add_argument("--checkpoints_total_limit", type=int, default=None)
-    out.add_argument("--resume_from_checkpoint", default=None, help='"latest" or a checkpoint folder.')
+    out.add_argument(
+        "--resume_from_checkpoint",
+        default=None,
+        help='"latest" (the last complete checkpoint-<step> of --output_dir) or a checkpoint folder.',
+    )
+    out.add_argument("--debug", action="store_true", help="Show the full traceback when something fails.")
     out.add_argument("--push_to_hub", action="store_true")
     out.add_argument("--hub_model_id", default=None)
     out.add_argument("--hub_token", default=None)
@@ -197,6 +214,12 @@ def check_args(args: argparse.Namespace) -> None:
     for name in ("max_train_steps", "max_train_samples", "checkpoints_total_limit"):
         if getattr(args, name) is not None and getattr(args, name) <= 0:
             raise ValueError(f"--{name} must be positive, got {getattr(args, name)}")
+    for name in ("learning_rate", "regularizer_learning_rate"):
+        value = getattr(args, name)
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise ValueError(f"--{name} must be a positive number, got {value}")
+    if args.train_data_dir is not None:
+        check_train_data_dir(args)
     if args.streaming and args.max_train_steps is None:
         raise ValueError("a streamed dataset has no length: give --max_train_steps")
     args.lq_config = resolve_preset(args.lq_preset, "--lq_preset")
@@ -222,14 +245,69 @@ def check_args(args: argparse.Namespace) -> None:
             decode_image(path, min_size=8)
         except ValueError as error:
             raise ValueError(f"--validation_images: {path!r} cannot be used ({error})") from None
-    if args.resume_from_checkpoint not in (None, "latest") and not os.path.isdir(args.resume_from_checkpoint):
-        raise ValueError(f"--resume_from_checkpoint {args.resume_from_checkpoint!r} is not a folder")
+    if args.resume_from_checkpoint not in (None, "latest"):
+        if not os.path.isdir(args.resume_from_checkpoint):
+            raise ValueError(f"--resume_from_checkpoint {args.resume_from_checkpoint!r} is not a folder")
+        checkpoint_step(args.resume_from_checkpoint, "--resume_from_checkpoint")  # complete, and its step known
+    check_output_dir(args)
     if args.push_to_hub and args.hub_model_id is None:
         args.hub_model_id = Path(args.output_dir).name
     config = IRIBLossConfig(**loss_config_kwargs(args))  # validates weights, probabilities, ranges
     if args.restorer_adapter is not None and args.mode == "irib":
         check_restorer_base(args)
     del config
+
+
+def check_train_data_dir(args: argparse.Namespace) -> None:
+    """The folder must be readable and hold at least one batch of image files (datasets' imagefolder
+    would fail with its own words, or the loader would give no batch at all)."""
+    folder, found, errors = args.train_data_dir, 0, []
+    for _, dirs, files in os.walk(folder, onerror=errors.append):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        found += sum(1 for f in files if not f.startswith(".") and os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS)
+    if errors:
+        raise ValueError(f"--train_data_dir {folder!r} cannot be read: {errors[0]}")
+    if found == 0:
+        raise ValueError(f"--train_data_dir {folder!r} holds no image files ({', '.join(sorted(IMAGE_EXTENSIONS))})")
+    usable = min(found, args.max_train_samples or found)
+    if usable < args.train_batch_size:
+        raise ValueError(
+            f"--train_data_dir {folder!r} gives {usable} image(s), fewer than one batch of --train_batch_size "
+            f"{args.train_batch_size} (batches are never partial): lower --train_batch_size or add images"
+        )
+
+
+def check_output_dir(args: argparse.Namespace) -> None:
+    """Refuse to start a new run over an earlier run's set or checkpoints, unless resuming or told to."""
+    out = args.output_dir
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise ValueError(f"--output_dir {out!r} exists and is not a folder")
+    if not os.path.isdir(out) or args.overwrite_output_dir or args.resume_from_checkpoint not in (None, "latest"):
+        return
+    complete, incomplete = list_checkpoints(out)
+    if args.resume_from_checkpoint == "latest" and complete:
+        return
+    saved = (adapters.ADAPTER_SET_CONFIG_NAME, adapters.LORA_WEIGHT_NAME)
+    held = [name for name in saved if os.path.exists(os.path.join(out, name))]
+    held += [os.path.basename(path) for _, path in complete] + sorted(incomplete)
+    if held:
+        shown = ", ".join(held[:4]) + (f" and {len(held) - 4} more" if len(held) > 4 else "")
+        how = "there is no complete checkpoint to resume from; " if args.resume_from_checkpoint else ""
+        raise ValueError(
+            f"--output_dir {out!r} holds an earlier run ({shown}): {how}resume it with --resume_from_checkpoint "
+            "latest, start afresh with --overwrite_output_dir, or choose another --output_dir"
+        )
+
+
+def check_restorer_role(path: str, config_file: str) -> None:
+    from diffusers_irib.adapters import AdapterSetConfig
+
+    role = AdapterSetConfig.from_json_file(config_file).role
+    if role != "restorer":
+        raise ValueError(
+            f"--restorer_adapter {path!r} holds a {role!r} adapter set, not a restorer: give the frozen "
+            "restorer g (e.g. an OSEDiff converted with irib-convert-osediff)"
+        )
 
 
 def _base_has_saved_set(args: argparse.Namespace, role: str) -> bool:
@@ -256,6 +334,7 @@ def check_restorer_base(args: argparse.Namespace) -> None:
         config_file = hf_hub_download(
             args.restorer_adapter, adapters.ADAPTER_SET_CONFIG_NAME, cache_dir=args.cache_dir
         )
+    check_restorer_role(args.restorer_adapter, config_file)
     recorded = (AdapterSetConfig.from_json_file(config_file).base_architecture or {}).get("unet") or {}
     unet_config = UNet2DConditionModel.load_config(
         args.pretrained_model_name_or_path, subfolder="unet", revision=args.revision, cache_dir=args.cache_dir
@@ -463,15 +542,127 @@ def save_trained_sets(unet, vae, folder: str, roles: list[str]) -> None:
         adapters.save_adapter_set(unet, vae, role, os.path.join(folder, role), model_card=False)
 
 
+def checkpoint_problem(folder: str) -> str | None:
+    """Why ``folder`` is not a complete checkpoint of this script, or None if it is one."""
+    try:
+        with open(os.path.join(folder, CHECKPOINT_RECORD), encoding="utf-8") as f:
+            record = json.load(f)
+        step, files = int(record["step"]), dict(record["files"])
+    except FileNotFoundError:
+        return f"no {CHECKPOINT_RECORD}: its save did not finish"
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        return f"{CHECKPOINT_RECORD} is damaged ({error})"
+    if step < 0:
+        return f"{CHECKPOINT_RECORD} records step {step}"
+    for name, size in files.items():
+        path = os.path.join(folder, name)
+        if not os.path.isfile(path):
+            return f"{name} is missing"
+        if os.path.getsize(path) != size:
+            return f"{name} has {os.path.getsize(path)} bytes, {size} were saved"
+    return None
+
+
+def checkpoint_step(folder: str, flag: str = "checkpoint") -> int:
+    """The step a complete checkpoint was saved at (from its record, so a renamed copy works too)."""
+    problem = checkpoint_problem(folder)
+    if problem is not None:
+        raise ValueError(f"{flag} {folder!r} is not a complete checkpoint of this script: {problem}")
+    with open(os.path.join(folder, CHECKPOINT_RECORD), encoding="utf-8") as f:
+        return int(json.load(f)["step"])
+
+
+def list_checkpoints(output_dir: str) -> tuple[list[tuple[int, str]], dict[str, str]]:
+    """The checkpoints this script wrote in ``output_dir``: (step, path) of the complete ones, oldest
+    first, and {name: why} of the incomplete ones. Only folders named exactly ``checkpoint-<step>``
+    count (never e.g. a user's ``checkpoint-1-keep/`` or a file ``checkpoint-notes.txt``)."""
+    complete, incomplete = [], {}
+    if not os.path.isdir(output_dir):
+        return complete, incomplete
+    for name in os.listdir(output_dir):
+        path = os.path.join(output_dir, name)
+        match = CHECKPOINT_NAME.fullmatch(name)
+        if match is None or not os.path.isdir(path) or os.path.islink(path):
+            continue
+        problem = checkpoint_problem(path)
+        if problem is None and checkpoint_step(path) == int(match.group(1)):
+            complete.append((int(match.group(1)), path))
+        else:
+            incomplete[name] = problem or f"{CHECKPOINT_RECORD} records another step"
+    return sorted(complete), incomplete
+
+
+def find_resume_checkpoint(args: argparse.Namespace) -> tuple[str, int] | None:
+    """(folder, step) to resume from: the given folder, or the last complete checkpoint for "latest"."""
+    if not args.resume_from_checkpoint:
+        return None
+    if args.resume_from_checkpoint != "latest":
+        return args.resume_from_checkpoint, checkpoint_step(args.resume_from_checkpoint, "--resume_from_checkpoint")
+    complete, incomplete = list_checkpoints(args.output_dir)
+    for name, why in sorted(incomplete.items()):
+        logger.warning(f"--resume_from_checkpoint latest skips {name}: {why}")
+    if not complete:
+        return None
+    step, path = complete[-1]
+    return path, step
+
+
 def prune_checkpoints(output_dir: str, limit: int | None) -> None:
-    """Keep at most ``limit - 1`` checkpoints before a new one is saved (diffusers' convention)."""
+    """Keep at most ``limit - 1`` complete checkpoints before a new one is saved (diffusers' convention);
+    nothing but the script's own ``checkpoint-<step>`` folders is ever removed."""
     if limit is None:
         return
-    checkpoints = sorted((d for d in os.listdir(output_dir) if d.startswith("checkpoint-")),
-                         key=lambda d: int(d.split("-")[1]))  # fmt: skip
-    for stale in checkpoints[: max(0, len(checkpoints) - limit + 1)]:
-        logger.info(f"removing checkpoint {stale} (--checkpoints_total_limit {limit})")
-        shutil.rmtree(os.path.join(output_dir, stale))
+    complete, _ = list_checkpoints(output_dir)
+    for _, stale in complete[: max(0, len(complete) - limit + 1)]:
+        logger.info(f"removing checkpoint {os.path.basename(stale)} (--checkpoints_total_limit {limit})")
+        shutil.rmtree(stale)
+
+
+def remove_interrupted_checkpoints(output_dir: str) -> None:
+    """Remove the staging folders of checkpoint saves that never finished (a kill, a full disk)."""
+    for name in os.listdir(output_dir) if os.path.isdir(output_dir) else []:
+        if re.fullmatch(r"\.checkpoint-[0-9]+\.(saving|old)", name):
+            logger.warning(f"removing {name}: a checkpoint save that did not finish")
+            shutil.rmtree(os.path.join(output_dir, name), ignore_errors=True)
+
+
+def write_checkpoint_record(folder: str, step: int) -> None:
+    files = {
+        os.path.relpath(os.path.join(root, name), folder): os.path.getsize(os.path.join(root, name))
+        for root, _, names in os.walk(folder)
+        for name in names
+    }
+    with open(os.path.join(folder, CHECKPOINT_RECORD), "w", encoding="utf-8") as f:
+        json.dump({"step": step, "files": dict(sorted(files.items()))}, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def save_checkpoint(accelerator: Accelerator, output_dir: str, step: int) -> str:
+    """``accelerator.save_state`` into a staging folder, a record of what was written, then one rename
+    to ``checkpoint-<step>``: a kill or a full disk half-way never leaves a checkpoint that looks whole."""
+    final = os.path.join(output_dir, f"checkpoint-{step}")
+    staging = os.path.join(output_dir, f".checkpoint-{step}.saving")
+    if accelerator.is_main_process:
+        remove_interrupted_checkpoints(output_dir)
+    accelerator.wait_for_everyone()
+    try:
+        accelerator.save_state(staging)
+        accelerator.wait_for_everyone()  # every process has written its random states
+        if accelerator.is_main_process:
+            write_checkpoint_record(staging, step)
+            if os.path.lexists(final):  # a checkpoint of this step from an earlier, longer attempt
+                os.replace(final, final_old := os.path.join(output_dir, f".checkpoint-{step}.old"))
+                os.replace(staging, final)
+                shutil.rmtree(final_old, ignore_errors=True)
+            else:
+                os.replace(staging, final)
+    except BaseException:
+        if accelerator.is_main_process:
+            shutil.rmtree(staging, ignore_errors=True)
+        raise
+    accelerator.wait_for_everyone()
+    return final
 
 
 def training_card_section(args: argparse.Namespace, steps: int, accelerator: Accelerator, grid: str | None) -> str:
@@ -555,8 +746,14 @@ def main(args: argparse.Namespace) -> None:
     set_seed(args.seed)
     if args.allow_tf32 and torch.cuda.is_available():
         torch.backends.cuda.matmul.allow_tf32 = True
+    resume = find_resume_checkpoint(args)  # before any model loads
     if accelerator.is_main_process:
         os.makedirs(args.output_dir, exist_ok=True)
+        if args.overwrite_output_dir and not args.resume_from_checkpoint:  # they must not pass for this run's
+            for _, stale in list_checkpoints(args.output_dir)[0]:
+                logger.info(f"--overwrite_output_dir: removing the earlier run's {os.path.basename(stale)}")
+                shutil.rmtree(stale)
+        remove_interrupted_checkpoints(args.output_dir)
 
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
     pipe = load_models(args, accelerator, weight_dtype)
@@ -576,6 +773,11 @@ def main(args: argparse.Namespace) -> None:
     logger.info(f"training {role!r}: {n_params / 1e6:.2f} M parameters; regularizer {sum(p.numel() for p in reg_params) / 1e6:.2f} M")  # fmt: skip
 
     dataset, loader = build_dataloader(args, accelerator)
+    if not args.streaming and len(loader) == 0:  # drop_last: fewer rows than one batch per process
+        raise ValueError(
+            f"the dataset has {len(dataset)} image(s), fewer than one batch of --train_batch_size "
+            f"{args.train_batch_size} on each of {accelerator.num_processes} process(es)"
+        )
     data_state = DataState(dataset)
     if args.max_train_steps is None:  # map-style data only (a stream needs --max_train_steps)
         updates_per_epoch = math.ceil(len(loader) / accelerator.num_processes / args.gradient_accumulation_steps)
@@ -631,17 +833,12 @@ def main(args: argparse.Namespace) -> None:
 
     global_step = 0
     if args.resume_from_checkpoint:
-        path = args.resume_from_checkpoint
-        if path == "latest":
-            found = sorted((d for d in os.listdir(args.output_dir) if d.startswith("checkpoint-")),
-                           key=lambda d: int(d.split("-")[1])) if os.path.isdir(args.output_dir) else []  # fmt: skip
-            path = os.path.join(args.output_dir, found[-1]) if found else None
-        if path is None:
+        if resume is None:
             logger.info("no checkpoint to resume from: starting a new run")
         else:
-            logger.info(f"resuming from {path}")
+            path, global_step = resume
+            logger.info(f"resuming from {path} (step {global_step})")
             accelerator.load_state(path)
-            global_step = int(Path(path).name.split("-")[1])
             if isinstance(dataset, StreamedImageRows) and data_state.stream_state is not None:
                 dataset.load_state_dict(data_state.stream_state)
             elif isinstance(dataset, StreamedImageRows):
@@ -736,7 +933,7 @@ def main(args: argparse.Namespace) -> None:
             if accelerator.is_main_process:
                 prune_checkpoints(args.output_dir, args.checkpoints_total_limit)
             accelerator.wait_for_everyone()
-            accelerator.save_state(os.path.join(args.output_dir, f"checkpoint-{global_step}"))
+            save_checkpoint(accelerator, args.output_dir, global_step)
         if (
             validation is not None
             and accelerator.is_main_process
@@ -777,9 +974,21 @@ def finish(args, pipe, role: str, steps: int, accelerator: Accelerator, grid: st
         logger.info(f"published to https://huggingface.co/{repo_id}")
 
 
+def cli(argv: list[str] | None = None) -> int:
+    """The command line: a mistake ends in one line naming it (as every irib-* command); ``--debug``
+    shows the traceback."""
+    from diffusers_irib.cli.common import CLIError, run_guarded
+
+    def body() -> int:
+        try:
+            arguments = parse_args(argv)
+        except ValueError as error:  # a bad argument, found before anything loads
+            raise CLIError(str(error)) from None
+        main(arguments)
+        return 0
+
+    return run_guarded("train_irib_lora.py", "--debug" in (sys.argv[1:] if argv is None else argv), body)
+
+
 if __name__ == "__main__":
-    try:
-        arguments = parse_args()
-    except ValueError as error:  # a bad argument: one line that names it, no traceback
-        sys.exit(f"train_irib_lora.py: error: {error}")
-    main(arguments)
+    sys.exit(cli())

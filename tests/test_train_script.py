@@ -141,6 +141,8 @@ def test_the_short_run_skips_bad_images_counts_them_and_saves_everything(workspa
                                                 "adapter_set_config.json", "pytorch_lora_weights.safetensors"}  # fmt: skip
     assert {p.name for p in (out / "checkpoint-2").iterdir()} >= {"projector", "regularizer", "optimizer.bin",
                                                                   "optimizer_1.bin", "random_states_0.pkl"}  # fmt: skip
+    assert json.loads((out / "checkpoint-2" / "irib_checkpoint.json").read_text())["step"] == 2  # staged, complete
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]  # no staging folder left
     assert list((out / "logs").rglob("events.out.tfevents.*"))  # tensorboard
     grid = np.asarray(Image.open(out / "validation" / "step-000002.png"))
     assert grid.shape[1] == 4 * 256  # ELQ | LQ proxy | restored | HQ, 32 px crops shown 8 x larger

@@ -25,7 +25,7 @@ from transformers import CLIPTextModel, CLIPTokenizer
 
 from . import adapters, irib
 from .defaults import DEFAULT_LFO_STEPS
-from .file_utils import staged_folder
+from .file_utils import recover_interrupted_save, staged_folder
 from .image_processing import (
     COLOR_FIXES,
     OUTPUT_TYPES,
@@ -187,6 +187,8 @@ class IRIBRestorationPipeline(DiffusionPipeline):
         sent to those other repos: ``adapter_set_kwargs`` (e.g. ``{"revision": ...}``) are, together
         with ``cache_dir``, ``token``, ``local_files_only``, ``proxies`` and ``force_download``.
         """
+        if os.path.isdir(pretrained_model_name_or_path):  # a save killed half-way is rolled back first
+            recover_interrupted_save(pretrained_model_name_or_path)
         pipe = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
         session = {k: kwargs[k] for k in _HUB_SESSION_KEYS if k in kwargs}
         explicit = {"projector": projector, "restorer": restorer}
@@ -214,8 +216,9 @@ class IRIBRestorationPipeline(DiffusionPipeline):
             raise ValueError(f"adapter set {fused!r} is fused into the base weights; unfuse them before saving")
         if kwargs.get("push_to_hub"):  # diffusers names the repo after the folder it writes: the real one
             kwargs.setdefault("repo_id", os.path.basename(os.path.abspath(save_directory)))
-        # Written whole into a sibling folder, then moved in: a failure leaves the previous save intact,
-        # and adapter_sets/ is replaced as a whole, so a deleted set does not come back.
+        # Written whole into a sibling folder, then moved in under a journal: a failure or a kill leaves
+        # the previous save loadable (the next load or save rolls an interrupted one back), and
+        # adapter_sets/ is replaced as a whole, so a deleted set does not come back.
         with staged_folder(save_directory) as staging:
             for role in self.adapter_sets:
                 self.save_adapter_set(os.path.join(staging, ADAPTER_SETS_DIR, role), role)

@@ -25,7 +25,7 @@ from typing import Any, Optional, Union
 import torch
 from torch import nn
 
-from ..file_utils import staged_folder
+from ..file_utils import recover_interrupted_save, staged_folder
 from .config import (
     ADAPTER_SET_CONFIG_NAME,
     LORA_WEIGHT_NAME,
@@ -439,6 +439,8 @@ def load_adapter_set(
     """
     unet, vae = unwrap_model(unet, "unet"), unwrap_model(vae, "vae")
     path_or_repo_id = os.fspath(path_or_repo_id)
+    if os.path.isdir(path_or_repo_id):  # a save killed half-way is rolled back first
+        recover_interrupted_save(path_or_repo_id)
     weight_file = _resolve(path_or_repo_id, weight_name, True, hub_kwargs)
     tensors, header = _read_safetensors(weight_file)
     check_finite(tensors, weight_file)

@@ -11,8 +11,10 @@ the LFO rounds repeat the same prompt: ``irib-lfo1``/``irib-lfo2`` equal ``irib`
 and under the table, where such rows are marked and not ranked).
 
 The test set is what ``irib-make-testset`` writes (``hq/`` and ``elq/`` PNGs with the same names).
-Each method's restored images go to ``OUT/images/<method>/``; a rerun skips the images already there
-(resumable). Under ``accelerate launch`` / ``torchrun`` every process restores its own share of the
+Each method's restored images go to ``OUT/images/<method>/`` with ``run.json``, a record of what made
+them (the models with a fingerprint of their files, the options); a rerun skips the images already
+there only when that record matches, and otherwise refuses, naming what changed (``--overwrite``
+restores them again). Under ``accelerate launch`` / ``torchrun`` every process restores its own share of the
 images and the main process computes the metrics. Outputs: ``results.json``, ``results.csv``,
 ``per_image.csv``, ``results.md`` (the paper's layout, the PSNR/SSIM convention as a column),
 ``grid.png`` (the first images: ELQ | LQ proxies | each method | HQ, labelled; the LQ proxies of
@@ -34,7 +36,9 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import importlib
+import json
 import os
 import sys
 import time
@@ -61,6 +65,18 @@ METHODS = {
 }
 CONVENTIONS = ("y", "rgb")
 LQ_PROXY_DIR = "lq_proxies"  # OUT/lq_proxies/<method>/: the LQ proxies of the grid's images
+#: method -> the flags naming the models it runs (besides --base)
+METHOD_MODELS = {
+    "restorer": ["restorer"],
+    "irib": ["projector", "restorer"],
+    "irib-lfo1": ["projector", "restorer"],
+    "irib-lfo2": ["projector", "restorer"],
+    "direct": ["direct"],
+    "callable": ["restorer_callable"],
+    "irib+callable": ["projector", "restorer_callable"],
+    "classical": ["classical_model"],
+}
+RUN_RECORD = "run.json"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -103,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--dape-checkpoint", default=None, help="DAPE.pth for --extractor ram; 'none': plain RAM tags, not DAPE."
     )
-    add_common_arguments(parser, overwrite=False)
+    add_common_arguments(parser)
     return parser
 
 
@@ -136,9 +152,7 @@ def load_callable(spec: str) -> Callable:
 
 def check_method_models(args: argparse.Namespace) -> None:
     """Every method must have its models; say which flag is missing before anything loads."""
-    needs = {"restorer": ["restorer"], "irib": ["projector", "restorer"], "irib-lfo1": ["projector", "restorer"],
-             "irib-lfo2": ["projector", "restorer"], "direct": ["direct"], "callable": ["restorer_callable"],
-             "irib+callable": ["projector", "restorer_callable"], "classical": ["classical_model"]}  # fmt: skip
+    needs = METHOD_MODELS
     for method in args.methods:
         missing = [flag for flag in needs[method] if getattr(args, flag) is None]
         if missing:
@@ -263,7 +277,123 @@ def method_call(method: str, pipe, plug: Optional[Callable], classical: Optional
     return {"lfo_steps": lfo}
 
 
-def restore_method(pipe, method: str, names: list[str], args, plug, state) -> int:
+# --------------------------------------------------------------------------- resuming
+def file_fingerprint(path: str, sampled_above: int = 256 * 2**20) -> str:
+    """sha256 of a file; of a large one (a base model's weights), of its size and 64 spread 64 KiB
+    samples, so checking a 5 GB base takes no longer than loading it."""
+    digest = hashlib.sha256()
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        if size <= sampled_above:
+            for block in iter(lambda: f.read(2**20), b""):
+                digest.update(block)
+        else:
+            digest.update(str(size).encode())
+            for i in range(64):
+                f.seek((size - 2**16) * i // 63)
+                digest.update(f.read(2**16))
+    return digest.hexdigest()
+
+
+def model_fingerprint(spec: str) -> dict:
+    """The model as given, with a fingerprint of its files (a local file or folder, or the Hub copy cached)."""
+    folder = spec
+    if not os.path.exists(spec):
+        try:
+            from huggingface_hub import snapshot_download
+
+            folder = snapshot_download(spec, local_files_only=True)
+        except Exception:  # not a cached repo (a module:function, a model not downloaded)
+            return {"path": spec, "sha256": None}
+    if os.path.isfile(folder):
+        return {"path": spec, "sha256": file_fingerprint(folder)}
+    digest = hashlib.sha256()
+    for root, dirs, files in sorted(os.walk(folder)):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(f for f in files if not f.startswith(".")):
+            path = os.path.join(root, name)
+            digest.update(f"{os.path.relpath(path, folder)}:{file_fingerprint(path)}\n".encode())
+    return {"path": spec, "sha256": digest.hexdigest()}
+
+
+def callable_fingerprint(spec: str) -> dict:
+    """A plug-and-play restorer: its spec and the fingerprint of its module's source file."""
+    module = importlib.import_module(spec.partition(":")[0])
+    source = getattr(module, "__file__", None)
+    return {"path": spec, "sha256": file_fingerprint(source) if source else None}
+
+
+def run_records(args, dtype_name: str) -> dict[str, dict]:
+    """{method: what its images depend on}: the base, the method's models (path and content) and the options."""
+    models = {"base": model_fingerprint(args.base)}
+    for flag in {flag for method in args.methods for flag in METHOD_MODELS[method]}:
+        spec = getattr(args, flag)
+        models[flag] = callable_fingerprint(spec) if flag == "restorer_callable" else model_fingerprint(spec)
+    options = {
+        "dtype": dtype_name,
+        "color_fix": "adain",
+        "extractor": args.extractor,
+        "extractor_model": args.extractor_model,
+        "dape_checkpoint": args.dape_checkpoint,
+        "testset": os.path.abspath(args.testset),
+    }
+    return {
+        method: {
+            "method": method,
+            "models": {k: models[k] for k in ["base", *METHOD_MODELS[method]]},
+            "options": options,
+        }
+        for method in args.methods
+    }
+
+
+def record_mismatch(previous: Optional[dict], current: dict) -> Optional[str]:
+    """What differs between the record of the images there and this run, in words; None if nothing."""
+    if previous is None:
+        return f"no {RUN_RECORD} records what made them"
+    changes = []
+    for group in ("models", "options"):
+        before, now = previous.get(group, {}), current[group]
+        for key in sorted(set(before) | set(now)):
+            if before.get(key) != now.get(key):
+                if group == "models":
+                    old, new = before.get(key) or {}, now.get(key) or {}
+                    old = f"{old.get('path')!r} (sha256 {str(old.get('sha256'))[:12]})"
+                    new = f"{new.get('path')!r} (sha256 {str(new.get('sha256'))[:12]})"
+                    changes.append(f"--{key.replace('_', '-')} {old} then, {new} now")
+                else:
+                    changes.append(f"{key} {before.get(key)!r} then, {now.get(key)!r} now")
+    return "; ".join(changes) or None
+
+
+def prepare_method_folder(folder: Path, record: dict, overwrite: bool, state) -> None:
+    """Resume only images this very setup made: refuse (or with --overwrite, clear) others; write the record."""
+    previous = None
+    if (folder / RUN_RECORD).is_file():
+        try:
+            previous = json.loads((folder / RUN_RECORD).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            previous = {}
+    existing = sorted(folder.glob("*.png")) if folder.is_dir() else []
+    mismatch = record_mismatch(previous, record) if existing or previous is not None else None
+    if mismatch and not overwrite:
+        raise CLIError(
+            f"{str(folder)!r} holds {len(existing)} image(s) of another run ({mismatch}): rerun with --overwrite "
+            "to restore them again, or choose another OUT folder"
+        )
+    state.wait_for_everyone()  # every process has checked before the folder changes
+    if state.is_main_process:
+        from ..cli.files import save_json
+
+        if mismatch:
+            print(f"{folder}: --overwrite: restoring {len(existing)} image(s) again ({mismatch})")
+            for path in existing:
+                path.unlink()
+        save_json(record, folder / RUN_RECORD, overwrite=True, indent=1)
+    state.wait_for_everyone()
+
+
+def restore_method(pipe, method: str, names: list[str], args, plug, state, record: Optional[dict] = None) -> int:
     """Restore this process's share of the images still missing; returns how many it wrote."""
     import torch
     from tqdm import tqdm
@@ -274,6 +404,8 @@ def restore_method(pipe, method: str, names: list[str], args, plug, state) -> in
     folder = Path(args.output) / "images" / method
     proxies = Path(args.output) / LQ_PROXY_DIR / method  # kept for grid.png only
     in_grid = set(names[: args.grid]) if METHODS[method][1] is not None else set()
+    if record is not None:
+        prepare_method_folder(folder, record, args.overwrite, state)
     todo = [n for n in names if not (folder / f"{n}.png").exists()]  # resumable
     state.wait_for_everyone()  # every process lists the missing images before any process writes one
     with state.split_between_processes(todo) as mine:
@@ -493,9 +625,8 @@ def run(args: argparse.Namespace) -> int:
     # asking for the CPU makes it a real gloo group, so the processes split the images.
     state = PartialState(cpu=int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available())
 
-    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}.get(
-        args.dtype or ("fp16" if state.device.type == "cuda" else "fp32")
-    )
+    dtype_name = args.dtype or ("fp16" if state.device.type == "cuda" else "fp32")
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[dtype_name]
     pipe = IRIBRestorationPipeline.from_pretrained(
         args.base, projector=args.projector, restorer=args.restorer, dtype=dtype
     )
@@ -505,10 +636,11 @@ def run(args: argparse.Namespace) -> int:
     dape = None if args.dape_checkpoint == "none" else args.dape_checkpoint  # 'none': plain RAM
     extractor_args = argparse.Namespace(**{**vars(args), "dape_checkpoint": dape})
     pipe.prompt_extractor = build_extractor(extractor_args, state.device)  # used by every method's pipeline call
+    records = run_records(args, dtype_name)  # after loading: a Hub model is then in the cache
     timings = {}
     for method in args.methods:
         start = time.perf_counter()
-        written = restore_method(pipe, method, names, args, plug, state)
+        written = restore_method(pipe, method, names, args, plug, state, records[method])
         timings[method] = (written, time.perf_counter() - start)
     for method, (written, seconds) in timings.items():  # every process reports its own share
         rate = f"{seconds / written:.2f} s/image" if written else "all images already there"
