@@ -338,6 +338,57 @@ def test_prompts_come_from_the_chosen_image_and_drop_out(pipe):
     assert np.abs(seen[-1] / 255.0 - batch.elq.permute(0, 2, 3, 1).numpy()).max() < 1 / 255 + 1e-6
 
 
+def test_weights_default_per_mode_irib_the_papers_direct_and_restorer_osediffs():
+    irib, direct, restorer = (IRIBLossConfig(mode=m) for m in ("irib", "direct", "restorer"))
+    assert (irib.l2_weight, irib.lpips_weight, irib.blur_weight, irib.lq_weight, irib.prior_weight) == (
+        1,
+        1,
+        0.5,
+        1,
+        1,
+    )
+    for config in (direct, restorer):  # train_osediff.py: lambda_l2 1, lambda_lpips 2, lambda_vsd 1, no blur
+        assert (config.l2_weight, config.lpips_weight, config.blur_weight, config.prior_weight) == (1, 2, 0, 1)
+    assert IRIBLossConfig(mode="direct", blur_weight=0.5, lpips_weight=1).blur_weight == 0.5  # given wins
+    with pytest.raises(ValueError, match="prompt_dropout_scope"):
+        IRIBLossConfig(prompt_dropout_scope="restorer")
+
+
+@pytest.mark.parametrize("scope", ["all", "projector"])
+def test_the_dropped_prompt_reaches_what_the_scope_says(pipe, monkeypatch, scope):
+    """Every prompt dropped (p = 1): the projector always gets "", the restorer, both prior scores and
+    the regularizer get "" too with scope "all", and the extracted tags with scope "projector"."""
+    import diffusers_irib.training_utils as tu
+
+    seen = {}
+    real_forward, real_prior = tu.irib_forward, tu.prior_loss
+
+    def spy_forward(unet, vae, alphas, elq, projector_embeds, restorer_embeds=None, *args, **kwargs):
+        seen["projector"], seen["restorer"] = projector_embeds, restorer_embeds
+        return real_forward(unet, vae, alphas, elq, projector_embeds, restorer_embeds, *args, **kwargs)
+
+    def spy_prior(latents, prompt_embeds, *args, **kwargs):
+        seen["prior"] = prompt_embeds
+        return real_prior(latents, prompt_embeds, *args, **kwargs)
+
+    monkeypatch.setattr(tu, "irib_forward", spy_forward)
+    monkeypatch.setattr(tu, "prior_loss", spy_prior)
+    obj = IRIBObjective.from_pipeline(
+        pipe,
+        config=IRIBLossConfig(lpips_weight=0.0, prompt_dropout=1.0, prompt_dropout_scope=scope),
+        prompt_extractor=lambda images: ["a cat", "a dog"],
+    )
+    batch = obj.make_batch(photos(), generator=gen(0))
+    assert batch.prompts == ["", ""] and batch.tags == ["a cat", "a dog"]
+    obj.projector_step_losses(batch, generator=gen(1))
+    empty, tags = obj.encode_prompts(["", ""]), obj.encode_prompts(["a cat", "a dog"])
+    expected = empty if scope == "all" else tags
+    torch.testing.assert_close(seen["projector"], empty)
+    for role in ("restorer", "prior"):
+        torch.testing.assert_close(seen[role], expected)
+    torch.testing.assert_close(obj._latest[1], expected)  # the regularizer trains on these
+
+
 def test_the_pipeline_runs_the_chain(pipe):
     image = photo("astronaut", 16)
     out = pipe(image, prompt="a photo", color_fix=None, output_type="pt")
