@@ -99,7 +99,12 @@ def parse_args(input_args: list[str] | None = None) -> argparse.Namespace:
     data.add_argument("--shuffle_buffer_size", type=int, default=1000, help="Shuffle buffer of a streamed dataset.")
     data.add_argument("--max_train_samples", type=int, default=None, help="Use only this many rows (debugging).")
     data.add_argument("--resolution", type=int, default=512, help="Square training crops; a multiple of 8.")
-    data.add_argument("--random_flip", action="store_true", help="Mirror crops left-right at random.")
+    data.add_argument(
+        "--random_flip",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="Mirror crops left-right at random (OSEDiff's RandomHorizontalFlip; --no-random_flip: off).",
+    )
     data.add_argument("--min_image_size", type=int, default=64, help="Skip images whose short side is smaller.")
     data.add_argument("--dataloader_num_workers", type=int, default=0)
 
