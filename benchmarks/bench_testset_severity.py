@@ -2,11 +2,13 @@
 
     python benchmarks/bench_testset_severity.py              # 7 photos, 512 px, seed 0
     python benchmarks/bench_testset_severity.py --size 256
+    python benchmarks/bench_testset_severity.py --preset elq-range --skip-evaluator   # final scale 4..16
 
 (a) Severity. ``irib-make-testset --also-lq`` on the seven scikit-image colour photos that reach
     512 px after the short-side resize (bundled with a dependency, so this runs offline). PSNR and
     SSIM against the HQ crops, on the Y channel (the paper's convention) and on RGB, of:
-    the LQ inputs, the ELQ inputs, and bicubic round trips at the presets' scales (HQ shrunk by 4 or
+    the LQ inputs, the ELQ inputs (``--preset``, default ``elq``; e.g. ``elq-range``, whose final
+    scale is drawn per image from 4..16: the drawn scales are listed), and bicubic round trips at the presets' scales (HQ shrunk by 4 or
     16 with area averaging, enlarged back bicubically): the resolution loss alone, without noise,
     blur or JPEG.
 (b) Evaluator cost on the tiny random pipeline (so it runs anywhere): ``irib-evaluate`` with
@@ -52,19 +54,31 @@ def mean_scores(pairs: list[tuple[torch.Tensor, torch.Tensor]], convention: str)
     return p, s
 
 
-def severity(testset: Path) -> None:
-    hq, lq, elq = (folder_tensors(testset / k) for k in ("hq", "lq", "elq"))
+def severity(testset: Path, preset: str = "elq") -> None:
+    import json
+
+    hq, lq, elq = (folder_tensors(testset / k) for k in ("hq", "lq", preset))
     rows = {
         "LQ input (preset lq)": [(lq[n], hq[n]) for n in hq],
-        "ELQ input (preset elq)": [(elq[n], hq[n]) for n in hq],
+        f"ELQ input (preset {preset})": [(elq[n], hq[n]) for n in hq],
         "bicubic round trip x4": [(bicubic_round_trip(hq[n], 4), hq[n]) for n in hq],
         "bicubic round trip x16": [(bicubic_round_trip(hq[n], 16), hq[n]) for n in hq],
     }
     print(f"\n(a) severity, {len(hq)} photos, {next(iter(hq.values())).shape[-1]} px")
-    print(f"{'input':<26} {'PSNR-Y':>7} {'SSIM-Y':>7} {'PSNR-RGB':>9} {'SSIM-RGB':>9}")
+    print(f"{'input':<32} {'PSNR-Y':>7} {'SSIM-Y':>7} {'PSNR-RGB':>9} {'SSIM-RGB':>9}")
     for name, pairs in rows.items():
         (py, sy), (pr, sr) = mean_scores(pairs, "y"), mean_scores(pairs, "rgb")
-        print(f"{name:<26} {py:7.2f} {sy:7.3f} {pr:9.2f} {sr:9.3f}")
+        print(f"{name:<32} {py:7.2f} {sy:7.3f} {pr:9.2f} {sr:9.3f}")
+    record = json.loads((testset / "degradations.json").read_text())
+    scales = sorted(_drawn_scales(record, preset))
+    if scales:
+        print(f"final scales drawn for {preset}: {scales}")
+
+
+def _drawn_scales(record: dict, preset: str) -> list[int]:
+    """The per-image final scales a range preset drew (``final.scale`` of each image's params)."""
+    finals = [image["degradations"][preset]["final"] for image in record["images"].values()]
+    return [final["scale"][0] for final in finals if final.get("scale")]
 
 
 def evaluator_cost(root: Path, testset: Path) -> None:
@@ -109,6 +123,8 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--eval-size", type=int, default=128, help="Crop size for the evaluator timing (tiny model).")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--preset", default="elq", help="The ELQ preset to measure (elq, elq-range, or a JSON file).")
+    parser.add_argument("--skip-evaluator", action="store_true", help="Only (a), the severity.")
     args = parser.parse_args()
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
@@ -117,8 +133,10 @@ def main() -> None:
         for name in PHOTOS:
             Image.fromarray(getattr(data, name)()).convert("RGB").save(root / "photos" / f"{name}.png")
         make_testset([str(root / "photos"), str(root / "set"), "--also-lq", "--size", str(args.size),
-                      "--seed", str(args.seed)])  # fmt: skip
-        severity(root / "set")
+                      "--seed", str(args.seed), "--preset", args.preset])  # fmt: skip
+        severity(root / "set", Path(args.preset).stem if args.preset.endswith(".json") else args.preset)
+        if args.skip_evaluator:
+            return
         make_testset(
             [str(root / "photos"), str(root / "small"), "--size", str(args.eval_size), "--seed", str(args.seed)]
         )

@@ -10,8 +10,8 @@ runs the loop:
     f(x_ELQ) -> x_LQ_hat -> frozen restorer g -> z_hat;  loss = IRIB objective (paper eq. 19)
 
 Modes: ``irib`` trains the projector against a frozen restorer (``--restorer_adapter``); ``direct``
-trains one set ELQ -> HQ (the paper's "OSEDiff fine-tuned" row); ``restorer`` trains an
-OSEDiff-style LQ -> HQ set. The result is an adapter-set folder with a model card, loadable with
+fine-tunes the restorer into one set ELQ -> HQ with OSEDiff's loss (the paper's "OSEDiff fine-tuned"
+row); ``restorer`` trains an OSEDiff-style LQ -> HQ set. The result is an adapter-set folder with a model card, loadable with
 ``IRIBRestorationPipeline.from_pretrained(base, projector=output_dir)``. See examples/README.md.
 """
 
@@ -87,6 +87,13 @@ def parse_args(input_args: list[str] | None = None) -> argparse.Namespace:
                        help="Folder or Hub id of the frozen restorer set (e.g. a converted OSEDiff); needed by --mode irib.")  # fmt: skip
     model.add_argument("--mode", choices=["irib", "direct", "restorer"], default="irib",
                        help="irib: projector against a frozen restorer; direct: one set ELQ->HQ; restorer: LQ->HQ.")  # fmt: skip
+    model.add_argument(
+        "--direct_init",
+        choices=["restorer", "base"],
+        default="restorer",
+        help="--mode direct starts from the restorer set (its LoRA and conv_in; OSEDiff fine-tuned, the paper's "
+        "baseline) or from a fresh LoRA on the bare base.",
+    )
 
     data = parser.add_argument_group("data")
     data.add_argument("--dataset_name", default=None, help=f"Hub dataset (default {DEFAULT_DATASET} unless --train_data_dir).")  # fmt: skip
@@ -99,7 +106,12 @@ def parse_args(input_args: list[str] | None = None) -> argparse.Namespace:
     data.add_argument("--shuffle_buffer_size", type=int, default=1000, help="Shuffle buffer of a streamed dataset.")
     data.add_argument("--max_train_samples", type=int, default=None, help="Use only this many rows (debugging).")
     data.add_argument("--resolution", type=int, default=512, help="Square training crops; a multiple of 8.")
-    data.add_argument("--random_flip", action="store_true", help="Mirror crops left-right at random.")
+    data.add_argument(
+        "--random_flip",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="Mirror crops left-right at random (OSEDiff's RandomHorizontalFlip; --no-random_flip: off).",
+    )
     data.add_argument("--min_image_size", type=int, default=64, help="Skip images whose short side is smaller.")
     data.add_argument("--dataloader_num_workers", type=int, default=0)
 
@@ -107,24 +119,46 @@ def parse_args(input_args: list[str] | None = None) -> argparse.Namespace:
     degrade.add_argument("--lq_preset", default="lq", help="LQ degradation: a preset name or a JSON config file.")
     degrade.add_argument("--elq_preset", default="elq", help="ELQ degradation: a preset name or a JSON config file.")
     degrade.add_argument("--prompt_source", choices=["hq", "lq", "elq", "none"], default="hq")
-    degrade.add_argument("--prompt_extractor", choices=["ram", "clip", "caption", "none"], default="none")
+    degrade.add_argument(
+        "--prompt_extractor",
+        choices=["ram", "clip", "caption", "none"],
+        default="ram",
+        help="Prompts of the training crops: RAM tags (the paper's and OSEDiff's; needs the ram package and "
+        "--prompt_extractor_model), CLIP tags, captions, or none (the empty prompt).",
+    )
     degrade.add_argument(
         "--prompt_extractor_model", default=None, help="CLIP/captioner id, or the RAM checkpoint path."
     )
     degrade.add_argument("--prompt_dropout", type=float, default=0.3, help="Probability of replacing a prompt by ''.")
+    degrade.add_argument(
+        "--prompt_dropout_scope",
+        choices=["all", "projector"],
+        default="all",
+        help="Who sees a dropped prompt: all (the trained set, the restorer, both prior scores and the "
+        "regularizer) or projector (the trained set only; the rest keep the tags, as OSEDiff's prior does).",
+    )
     degrade.add_argument("--negative_prompt", default=OSEDIFF_NEGATIVE_PROMPT, help="The prior's negative prompt.")
 
     loss = parser.add_argument_group("losses (paper eq. 16-19)")
     loss.add_argument("--lq_weight", type=float, default=1.0)
     loss.add_argument("--prior_weight", type=float, default=1.0)
     loss.add_argument("--l2_weight", type=float, default=1.0)
-    loss.add_argument("--lpips_weight", type=float, default=1.0)
-    loss.add_argument("--blur_weight", type=float, default=0.5)
+    loss.add_argument("--lpips_weight", type=float, default=None, help="Default: 1 (irib), 2 (direct, restorer).")
+    loss.add_argument("--blur_weight", type=float, default=None, help="Default: 0.5 (irib), 0 (direct, restorer).")
+    loss.add_argument(
+        "--pixel_range",
+        choices=["-1,1", "0,1"],
+        default="-1,1",
+        help="Images the L2, blur and LQ-reconstruction terms are computed on: OSEDiff's [-1, 1] (default) or "
+        "[0, 1] (those terms 4x weaker); write --pixel_range=-1,1 or --pixel_range 0,1.",
+    )
     loss.add_argument("--lq_blur_sigma", type=float, default=None, help="Default: the library's (2 px).")
     loss.add_argument("--hq_blur_sigma", type=float, default=None, help="Default: the library's (2 px).")
     loss.add_argument("--prior_guidance_scale", type=float, default=7.5)
     loss.add_argument(
-        "--literal_eq17", action="store_true", help="Read eq. 17 literally (epsilon space, no guidance)."
+        "--literal_eq17",
+        action="store_true",
+        help="Read eq. 17 literally (epsilon space, no guidance, the printed 1/2: half OSEDiff's strength).",
     )
     loss.add_argument("--lpips_random_backbone", action="store_true",
                       help="LPIPS with a random VGG (offline tests only; real runs use the pretrained one).")  # fmt: skip
@@ -229,6 +263,8 @@ def check_args(args: argparse.Namespace) -> None:
             import bitsandbytes  # noqa: F401
         except ImportError:
             raise ValueError("--use_8bit_adam needs bitsandbytes: pip install bitsandbytes (Linux, CUDA)") from None
+    config = IRIBLossConfig(**loss_config_kwargs(args))  # validates weights, probabilities, ranges
+    args.lpips_weight, args.blur_weight = config.lpips_weight, config.blur_weight  # the mode's defaults
     if args.lpips_weight > 0:
         try:
             import lpips  # noqa: F401
@@ -236,8 +272,12 @@ def check_args(args: argparse.Namespace) -> None:
             raise ValueError("--lpips_weight > 0 needs the lpips package: pip install lpips") from None
     if args.mode == "irib" and args.restorer_adapter is None and not _base_has_saved_set(args, "restorer"):
         raise ValueError("--mode irib trains the projector against a frozen restorer: give --restorer_adapter")
-    if args.prompt_extractor == "ram" and not args.prompt_extractor_model:
-        raise ValueError("--prompt_extractor ram needs --prompt_extractor_model PATH to the RAM checkpoint")
+    if needs_restorer_init(args) and args.restorer_adapter is None and not _base_has_saved_set(args, "restorer"):
+        raise ValueError(
+            "--mode direct starts from the restorer set (OSEDiff fine-tuned): give --restorer_adapter, "
+            "or --direct_init base for a fresh LoRA on the bare base"
+        )
+    check_prompt_extractor(args)
     for path in args.validation_images:
         if not os.path.isfile(path):
             raise ValueError(f"--validation_images: no such file {path!r}")
@@ -252,10 +292,41 @@ def check_args(args: argparse.Namespace) -> None:
     check_output_dir(args)
     if args.push_to_hub and args.hub_model_id is None:
         args.hub_model_id = Path(args.output_dir).name
-    config = IRIBLossConfig(**loss_config_kwargs(args))  # validates weights, probabilities, ranges
-    if args.restorer_adapter is not None and args.mode == "irib":
+    if args.restorer_adapter is not None and (args.mode == "irib" or needs_restorer_init(args)):
         check_restorer_base(args)
-    del config
+
+
+def needs_restorer_init(args: argparse.Namespace) -> bool:
+    """--mode direct starting from the restorer set (the paper's "OSEDiff fine-tuned" baseline)."""
+    return args.mode == "direct" and args.direct_init == "restorer"
+
+
+def restorer_source(args: argparse.Namespace) -> str:
+    """The restorer set's folder or Hub id: --restorer_adapter, else the one saved in the base folder."""
+    if args.restorer_adapter is not None:
+        return args.restorer_adapter
+    return os.path.join(args.pretrained_model_name_or_path, "adapter_sets", "restorer")
+
+
+def check_prompt_extractor(args: argparse.Namespace) -> None:
+    """RAM (the default) needs its package and checkpoint: say which is missing before any model loads."""
+    if args.prompt_extractor != "ram" or args.prompt_source == "none":
+        return
+    import importlib.util
+
+    way_out = "or pass --prompt_extractor none to train with the empty prompt"
+    if importlib.util.find_spec("ram") is None:
+        raise ValueError(
+            "--prompt_extractor ram (the default: the paper's RAM tags) needs the `ram` package, which is not "
+            "installed: pip install git+https://github.com/xinyu1205/recognize-anything.git; " + way_out
+        )
+    if not args.prompt_extractor_model:
+        raise ValueError(
+            "--prompt_extractor ram (the default: the paper's RAM tags) needs --prompt_extractor_model PATH to "
+            "ram_swin_large_14m.pth (Hugging Face space xinyu1205/recognize-anything); " + way_out
+        )
+    if not os.path.isfile(args.prompt_extractor_model):
+        raise ValueError(f"--prompt_extractor_model: no such file {args.prompt_extractor_model!r}; " + way_out)
 
 
 def check_train_data_dir(args: argparse.Namespace) -> None:
@@ -352,6 +423,7 @@ def loss_config_kwargs(args: argparse.Namespace) -> dict:
         mode=args.mode, lq_weight=args.lq_weight, prior_weight=args.prior_weight, l2_weight=args.l2_weight,
         lpips_weight=args.lpips_weight, blur_weight=args.blur_weight, guidance_scale=args.prior_guidance_scale,
         literal_eq17=args.literal_eq17, prompt_source=args.prompt_source, prompt_dropout=args.prompt_dropout,
+        prompt_dropout_scope=args.prompt_dropout_scope, pixel_range=tuple(float(v) for v in args.pixel_range.split(",")),
     )  # fmt: skip
     if args.lq_blur_sigma is not None:
         kwargs["lq_blur_sigma"] = args.lq_blur_sigma
@@ -404,17 +476,35 @@ def load_models(args: argparse.Namespace, accelerator: Accelerator, weight_dtype
     for model in (pipe.unet, pipe.vae, pipe.text_encoder):
         model.requires_grad_(False)
     pipe.to(accelerator.device, dtype=weight_dtype)
-    with adapters.use_adapter_set(pipe.unet, pipe.vae, None):
-        pipe.add_adapter_set(
-            role, rank=args.rank, alpha=args.lora_alpha, conv_in=args.mode == "restorer", trainable=True,
-            base_model_name_or_path=args.pretrained_model_name_or_path,
-            degradation_preset=(args.lq_config if args.mode == "restorer" else args.elq_config).to_dict(),
-        )  # fmt: skip
+    if needs_restorer_init(args):
+        init_from_restorer(pipe, args, role)
+    else:
+        with adapters.use_adapter_set(pipe.unet, pipe.vae, None):
+            pipe.add_adapter_set(
+                role, rank=args.rank, alpha=args.lora_alpha, conv_in=args.mode == "restorer", trainable=True,
+                base_model_name_or_path=args.pretrained_model_name_or_path,
+                degradation_preset=(args.lq_config if args.mode == "restorer" else args.elq_config).to_dict(),
+            )  # fmt: skip
     if args.enable_xformers_memory_efficient_attention:
         pipe.unet.enable_xformers_memory_efficient_attention()
     if args.gradient_checkpointing:
         adapters.enable_adapter_aware_checkpointing(pipe.unet)
     return pipe
+
+
+def init_from_restorer(pipe, args: argparse.Namespace, role: str) -> None:
+    """The trained set starts as a copy of the restorer: its UNet and VAE LoRA and its own conv_in."""
+    hub_kwargs = {} if os.path.isdir(restorer_source(args)) else {"cache_dir": args.cache_dir}
+    with adapters.use_adapter_set(pipe.unet, pipe.vae, None):
+        config = pipe.load_adapter_set(restorer_source(args), role=role, trainable=True, **hub_kwargs)
+    # What the copy is now: a set for the ELQ preset on this base (the card and the config say so).
+    record = adapters.registry.require_role(pipe.unet, role).config
+    record.degradation_preset = args.elq_config.to_dict()
+    record.base_model_name_or_path = args.pretrained_model_name_or_path
+    logger.info(
+        f"--mode direct starts from the restorer {restorer_source(args)!r} (rank {config.rank}, alpha {config.alpha}, "
+        f"own conv_in: {config.has_conv_in}); --rank and --lora_alpha do not apply"
+    )
 
 
 def cast_trainable_to_fp32(*models: torch.nn.Module) -> None:
@@ -679,12 +769,14 @@ def training_card_section(args: argparse.Namespace, steps: int, accelerator: Acc
         "",
         "| | |",
         "|---|---|",
-        f"| mode | `{args.mode}` |",
+        f"| mode | `{args.mode}`" + (f" (from the {args.direct_init})" if args.mode == "direct" else "") + " |",
         f"| restorer | `{args.restorer_adapter or 'none'}` |",
         f"| dataset | {dataset} |",
         f"| degradation presets | LQ `{args.lq_config.preset_name}`, ELQ `{args.elq_config.preset_name}` |",
-        f"| losses | {weights}; prior guidance {args.prior_guidance_scale}, literal eq. 17: {args.literal_eq17} |",
-        f"| prompts | source `{args.prompt_source}`, extractor `{args.prompt_extractor}`, dropout {args.prompt_dropout} |",
+        f"| losses | {weights}; pixel terms on [{args.pixel_range}]; prior guidance {args.prior_guidance_scale}, "
+        f"literal eq. 17: {args.literal_eq17} |",
+        f"| prompts | source `{args.prompt_source}`, extractor `{args.prompt_extractor}`, dropout {args.prompt_dropout} "
+        f"({args.prompt_dropout_scope}) |",
         f"| steps | {steps} |",
         f"| batch | {args.train_batch_size} per device x {accelerator.num_processes} devices x "
         f"{args.gradient_accumulation_steps} accumulation |",

@@ -60,6 +60,19 @@ def test_from_preset(name, expected):
     assert DegradationConfig.from_preset(name).preset_name == expected
 
 
+def test_the_elq_range_preset_is_elq_with_a_final_scale_of_4_to_16():
+    ranged, elq = DegradationConfig.from_preset("elq-range"), DegradationConfig.extreme()
+    assert (ranged.preset_name, ranged.preset_version, ranged.scale_range, ranged.scale) == (
+        "elq-range",
+        1,
+        (4, 16),
+        16,
+    )
+    differ = {k for k, v in ranged.to_dict().items() if elq.to_dict().get(k) != v}
+    assert differ == {"preset_name", "scale_range"}
+    assert DegradationConfig.from_json_string(ranged.to_json_string()) == ranged
+
+
 def test_unknown_preset_lists_the_choices():
     with pytest.raises(ValueError, match="Unknown degradation preset 'hq'.*elq"):
         DegradationConfig.from_preset("hq")

@@ -284,3 +284,57 @@ def test_images_smaller_than_the_final_downscale_are_refused_with_the_floor():
     degrade = RealESRGANDegradation(DegradationConfig.extreme())
     with pytest.raises(ValueError, match="at least 16 px a side.*got 15x40"):
         degrade(torch.rand(1, 3, 40, 15), degrade.sample(1, 40, 15, generator=torch.Generator().manual_seed(0)))
+
+
+# --------------------------------------------------------------------------- the final scale
+#: ``elq`` v1 on astronaut, coffee, chelsea at 64 px, seed 2024: sha256 of the 8-bit output, recorded
+#: before the final-scale range existed. The calibrated preset must never change.
+ELQ_V1_SEED_2024_SHA256 = "df79f90e1d5d0c7b63cc25ca403bd35c46d038d5411dffffaa446e49786d6401"
+
+
+def test_elq_v1_output_is_byte_identical_to_the_recorded_one():
+    import hashlib
+
+    hq = photo_batch(64, names=("astronaut", "coffee", "chelsea"))
+    params = ELQ.sample(3, 64, 64, generator=gen(2024))
+    out = ELQ(hq, params)
+    digest = hashlib.sha256((out * 255).round().to(torch.uint8).numpy().tobytes()).hexdigest()
+    assert digest == ELQ_V1_SEED_2024_SHA256
+    assert params.final.scale is None and "scale" not in params.to_dict()["final"]  # the record is unchanged
+    assert "scale_range" not in DegradationConfig.extreme().to_dict()
+
+
+def test_a_final_scale_range_is_drawn_per_sample_recorded_and_replayed(photos64):
+    ranged = RealESRGANDegradation(DegradationConfig.from_preset("elq-range"))
+    params = ranged.sample(4, 64, 64, generator=gen(5))
+    assert all(4 <= s <= 16 for s in params.final.scale) and len(set(params.final.scale)) > 1
+    # drawn last: every other choice is the fixed-scale preset's for the same seed
+    fixed = ELQ.sample(4, 64, 64, generator=gen(5))
+    assert params.first.noise_seed == fixed.first.noise_seed and params.final.sinc == fixed.final.sinc
+    out = ranged(photos64, params)
+    # each sample is the fixed-scale degradation at its own drawn scale, with the same other choices
+    for i, s in enumerate(params.final.scale):
+        at_s = RealESRGANDegradation(DegradationConfig(**{**DegradationConfig.extreme().to_dict(), "scale": s}))
+        one = params.select([i])
+        one.final.scale, one.scale = None, s
+        torch.testing.assert_close(out[i : i + 1], at_s(photos64[i : i + 1], one), rtol=0, atol=0)
+    restored = DegradationParams.from_dict(json.loads(json.dumps(params.to_dict())))
+    assert restored.final.scale == params.final.scale
+    torch.testing.assert_close(ranged(photos64, restored), out, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="resize_back=True"):
+        ranged(photos64, params, resize_back=False)
+
+
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        ({"scale_range": (4, 16)}, "scale must be the largest"),
+        ({"scale": 16, "scale_range": (16, 4)}, "scale_range"),
+        ({"scale": 2, "scale_range": (0, 2)}, "scale_range"),
+    ],
+)
+def test_a_bad_scale_range_is_refused(fields, message):
+    with pytest.raises(ValueError, match=message):
+        DegradationConfig(**fields)
+    config = DegradationConfig(scale=8, scale_range=[2, 8])  # as a JSON file gives it
+    assert config.scale_range == (2, 8) and DegradationConfig.from_json_string(config.to_json_string()) == config

@@ -104,7 +104,7 @@ def common_args(root: Path, output: str) -> list[str]:
     return [
         "--pretrained_model_name_or_path", str(root / "base"), "--restorer_adapter", str(root / "restorer"),
         "--resolution", "32", "--min_image_size", "32", "--learning_rate", "1e-3", "--lpips_random_backbone",
-        "--output_dir", str(root / output), "--seed", "3",
+        "--output_dir", str(root / output), "--seed", "3", "--prompt_extractor", "none",
     ]  # fmt: skip
 
 
@@ -247,6 +247,69 @@ def test_bad_arguments_fail_before_any_model_loads_with_a_message_naming_them(wo
                             capture_output=True, text=True, timeout=120)  # fmt: skip
     assert result.returncode != 0 and "Traceback" not in result.stderr and "--resolution" in result.stderr
     assert not (workspace / "never").exists()
+
+
+def test_the_ram_default_stops_before_loading_with_what_is_missing_and_the_way_out(workspace, monkeypatch):
+    script = load_script()
+    flags = [a for a in common_args(workspace, "never") if a not in ("--prompt_extractor", "none")]
+    flags += ["--train_data_dir", str(workspace / "messy")]
+    assert script.parse_args(flags + ["--prompt_extractor", "none"]).prompt_extractor == "none"
+
+    def error(extra: list[str]) -> str:
+        with pytest.raises(ValueError) as info:
+            script.parse_args(flags + extra)
+        return str(info.value)
+
+    monkeypatch.setitem(sys.modules, "ram", None)  # not installed
+    message = error([])
+    assert "`ram` package" in message and "--prompt_extractor none" in message and "\n" not in message
+    import importlib.machinery
+    import types
+
+    fake = types.ModuleType("ram")
+    fake.__spec__ = importlib.machinery.ModuleSpec("ram", None)
+    monkeypatch.setitem(sys.modules, "ram", fake)  # installed, but no checkpoint given / found
+    message = error([])
+    assert "--prompt_extractor_model" in message and "ram_swin_large_14m.pth" in message
+    assert "--prompt_extractor none" in message
+    missing = str(workspace / "ram_swin_large_14m.pth")
+    assert missing in error(["--prompt_extractor_model", missing])
+    assert script.parse_args(flags + ["--prompt_source", "none"]).prompt_extractor == "ram"  # no prompts: no RAM
+
+    command = [sys.executable, str(SCRIPT), *flags]
+    result = subprocess.run(command, env=env(workspace), capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0 and "Traceback" not in result.stderr and "--prompt_extractor none" in result.stderr
+    assert not (workspace / "never").exists()
+
+
+def test_direct_mode_starts_from_the_restorer_with_osediffs_loss(workspace):
+    """One step at learning rate 0 saves the restorer itself: same tensors, same restorations."""
+    script = load_script()
+    args = common_args(workspace, "direct") + ["--train_data_dir", str(workspace / "messy"), "--mode", "direct"]
+    args += ["--learning_rate", "0", "--max_train_steps", "1", "--train_batch_size", "1", "--report_to", "none"]
+    parsed = script.parse_args(args)
+    assert (parsed.lpips_weight, parsed.blur_weight, parsed.lq_weight) == (2.0, 0.0, 1.0)  # lq: unused in direct
+    without_restorer = [a for a in args if a not in ("--restorer_adapter", str(workspace / "restorer"))]
+    with pytest.raises(ValueError, match="--direct_init base"):
+        script.parse_args(without_restorer)
+    log = accelerate_launch(workspace, args)
+    assert "starts from the restorer" in log and "step 1/1" in log
+    saved, restorer = (load_file(workspace / d / "pytorch_lora_weights.safetensors") for d in ("direct", "restorer"))
+    assert saved.keys() == restorer.keys()
+    for key in saved:
+        assert torch.equal(saved[key], restorer[key]), key
+    config = json.loads((workspace / "direct" / "adapter_set_config.json").read_text())
+    assert config["has_conv_in"] and config["degradation_preset"]["preset_name"] == "elq"
+
+    image = torch.from_numpy(small(data.coffee(), 32)[:32, :32].copy()).permute(2, 0, 1).float() / 255
+    outputs = []
+    for folder in ("restorer", "direct"):
+        pipe = IRIBRestorationPipeline.from_pretrained(workspace / "base")
+        pipe.load_adapter_set(workspace / folder, role="restorer")
+        outputs.append(pipe(image, use_projector=False, output_type="pt", color_fix=None).images)
+    assert torch.equal(outputs[0], outputs[1])
+    fresh = script.parse_args(args + ["--direct_init", "base"])
+    assert fresh.direct_init == "base"
 
 
 def test_two_ddp_processes_read_disjoint_streamed_samples_and_end_with_the_same_weights(workspace):

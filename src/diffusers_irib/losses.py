@@ -4,6 +4,13 @@ Images are (B, 3, H, W) in [0, 1]; latents are the SD VAE's scaled latents. The 
 terms (the paper's lambdas, and the 1 / (2 sigma^2) of eq. 16) are arguments of the callers: these
 functions return unweighted means so each is testable alone.
 
+Scales, as OSEDiff's ``train_osediff.py`` computes them (the paper "follows OSDiff", section 5.1):
+the pixel terms (eq. 16, and eq. 18's L2 and blur) are taken on the images mapped to
+``pixel_range`` = (-1, 1), the range the models see, so they are 4x the same terms on [0, 1]
+(``pixel_range=(0, 1)``, the other reading); and the prior (eq. 17) is OSEDiff's
+``mse(latents, stopgrad(latents - grad))`` with gradient 2 * grad / N, twice the printed
+1/2-form's (kept by ``literal_eq17=True``).
+
 * eq. 16, :func:`lq_reconstruction_loss`: blur-MSE between the degrade-back D(z_hat; phi) and x_LQ;
 * eq. 17, :func:`prior_loss`: HQ prior matching by variational score distillation on g's x0 latent,
   with :func:`regularizer_loss` training the "fake" score that tracks the generator;
@@ -24,6 +31,8 @@ from .one_step import x0_coefficients
 __all__ = [
     "DEFAULT_HQ_BLUR_SIGMA",
     "DEFAULT_LQ_BLUR_SIGMA",
+    "DEFAULT_PIXEL_RANGE",
+    "PIXEL_RANGES",
     "ScoreFn",
     "blur_mse",
     "gaussian_blur",
@@ -43,6 +52,11 @@ DEFAULT_LQ_BLUR_SIGMA = 2.0
 #: k of eq. 18 in pixels at 512 px, also not given by the paper: the same 2 px keeps the HQ blur
 #: term on shared low-frequency structure and leaves fine detail to the L2/LPIPS/prior terms.
 DEFAULT_HQ_BLUR_SIGMA = 2.0
+
+#: The range the pixel terms are computed on: OSEDiff's [-1, 1] (the models' input range).
+DEFAULT_PIXEL_RANGE = (-1.0, 1.0)
+#: The two readings: OSEDiff's [-1, 1], and [0, 1] (the terms 4x weaker against LPIPS and the prior).
+PIXEL_RANGES = ((-1.0, 1.0), (0.0, 1.0))
 
 #: ``(noisy latents, timesteps (B,), prompt embeds) -> predicted noise``: a UNet under some adapter set.
 ScoreFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -92,16 +106,39 @@ def blur_mse(a: torch.Tensor, b: torch.Tensor, sigma: float) -> torch.Tensor:
     return gaussian_blur(a - b, sigma).square().mean()
 
 
+def check_pixel_range(pixel_range: Any) -> tuple[float, float]:
+    """``pixel_range`` as a tuple of floats, one of :data:`PIXEL_RANGES`; a clear error otherwise."""
+    try:
+        value = tuple(float(v) for v in pixel_range)
+    except (TypeError, ValueError):
+        value = None
+    if value not in PIXEL_RANGES:
+        raise ValueError(f"pixel_range must be (-1, 1) (OSEDiff's) or (0, 1), got {pixel_range!r}")
+    return value
+
+
+def _to_range(images: torch.Tensor, pixel_range: tuple[float, float]) -> torch.Tensor:
+    low, high = pixel_range
+    return images if (low, high) == (0.0, 1.0) else low + (high - low) * images
+
+
 def lq_reconstruction_loss(
-    z_hat: torch.Tensor, x_lq: torch.Tensor, degradation: Any, params: Any, sigma: float = DEFAULT_LQ_BLUR_SIGMA
+    z_hat: torch.Tensor,
+    x_lq: torch.Tensor,
+    degradation: Any,
+    params: Any,
+    sigma: float = DEFAULT_LQ_BLUR_SIGMA,
+    pixel_range: tuple[float, float] = DEFAULT_PIXEL_RANGE,
 ) -> torch.Tensor:
-    """Eq. 16: blur_mse(D(z_hat; phi), x_LQ, tau).
+    """Eq. 16: blur_mse(D(z_hat; phi), x_LQ, tau), on images mapped to ``pixel_range``.
 
     ``degradation(z_hat, params)`` replays the recorded LQ parameters phi that made ``x_lq`` from the
     HQ target y (a :class:`~diffusers_irib.degradations.RealESRGANDegradation` and its params), so
-    z_hat = y gives exactly 0; gradients reach z_hat through D's straight-through estimators.
+    z_hat = y gives exactly 0; gradients reach z_hat through D's straight-through estimators. Both
+    images are in [0, 1] (D works there); the MSE is taken on [-1, 1] by default, as OSEDiff does.
     """
-    return blur_mse(degradation(z_hat, params), x_lq, sigma)
+    pixel_range = check_pixel_range(pixel_range)
+    return blur_mse(_to_range(degradation(z_hat, params), pixel_range), _to_range(x_lq, pixel_range), sigma)
 
 
 def hq_fidelity_loss(
@@ -112,12 +149,15 @@ def hq_fidelity_loss(
     lpips: float = 1.0,
     blur: float = 0.5,
     sigma: float = DEFAULT_HQ_BLUR_SIGMA,
+    pixel_range: tuple[float, float] = DEFAULT_PIXEL_RANGE,
 ) -> dict[str, torch.Tensor]:
     """Eq. 18: l2 * ||z_hat - y||^2 + lpips * LPIPS(z_hat, y) + blur * ||G_k * z_hat - G_k * y||^2.
 
-    Returns the unweighted terms ("l2", "lpips", "blur") and the weighted "total". ``lpips_fn`` is
-    a frozen LPIPS-VGG (``lpips.LPIPS(net="vgg")``), fed images in [-1, 1] as it expects. The
-    defaults are the paper's main setting (1, 1, 0.5).
+    Returns the unweighted terms ("l2", "lpips", "blur") and the weighted "total". ``z_hat`` and
+    ``y`` are in [0, 1]; the L2 and blur terms are taken on them mapped to ``pixel_range`` (OSEDiff's
+    [-1, 1] by default: constant images 0.25 and 0.75 give l2 = 1.0, and 0.25 with (0, 1)).
+    ``lpips_fn`` is a frozen LPIPS-VGG (``lpips.LPIPS(net="vgg")``), always fed images in [-1, 1] as
+    it expects. The default weights are the paper's main setting (1, 1, 0.5).
     """
     if z_hat.shape != y.shape:
         raise ValueError(f"z_hat and y must have one shape, got {tuple(z_hat.shape)} and {tuple(y.shape)}")
@@ -125,7 +165,9 @@ def hq_fidelity_loss(
         raise ValueError(
             f"lpips={lpips} needs lpips_fn (e.g. lpips.LPIPS(net='vgg')); pass lpips=0 to train without it"
         )
-    terms = {"l2": F.mse_loss(z_hat, y), "blur": blur_mse(z_hat, y, sigma)}
+    pixel_range = check_pixel_range(pixel_range)
+    a, b = _to_range(z_hat, pixel_range), _to_range(y, pixel_range)
+    terms = {"l2": F.mse_loss(a, b), "blur": blur_mse(a, b, sigma)}
     terms["lpips"] = lpips_fn(z_hat * 2 - 1, y * 2 - 1).mean() if lpips else z_hat.new_zeros(())
     terms["total"] = l2 * terms["l2"] + lpips * terms["lpips"] + blur * terms["blur"]
     return terms
@@ -172,8 +214,9 @@ def prior_loss(
     * ``literal_eq17=True``, the paper's printed eq. 17: grad = eps_fake - eps_real, the real score
       conditioned on the prompt without guidance and without normalisation.
 
-    Returns 0.5 * MSE(latents, stopgrad(latents - grad)), whose gradient with respect to the
-    latents is grad / latents.numel().
+    Returns OSEDiff's MSE(latents, stopgrad(latents - grad)), whose gradient with respect to the
+    latents is 2 * grad / latents.numel(); with ``literal_eq17=True`` the printed form
+    0.5 * MSE(...), gradient grad / latents.numel().
     """
     batch = latents.shape[0]
     lat = latents.float()
@@ -199,7 +242,7 @@ def prior_loss(
             weight = (lat - x0_real).abs().mean(dim=(1, 2, 3), keepdim=True)
             grad = (x0_fake - x0_real) / weight
         target = lat - grad
-    return 0.5 * F.mse_loss(lat, target)
+    return (0.5 if literal_eq17 else 1.0) * F.mse_loss(lat, target)
 
 
 def regularizer_loss(

@@ -32,6 +32,8 @@ from .irib import irib_forward, one_step
 from .losses import (
     DEFAULT_HQ_BLUR_SIGMA,
     DEFAULT_LQ_BLUR_SIGMA,
+    DEFAULT_PIXEL_RANGE,
+    check_pixel_range,
     hq_fidelity_loss,
     lq_reconstruction_loss,
     prior_loss,
@@ -45,6 +47,7 @@ __all__ = [
     "IRIBLossConfig",
     "IRIBObjective",
     "IRIBTrainingStep",
+    "MODE_DEFAULT_WEIGHTS",
     "OSEDIFF_NEGATIVE_PROMPT",
     "TRAINED_ROLE",
 ]
@@ -61,23 +64,47 @@ PROMPT_SOURCES = ("hq", "lq", "elq", "none")
 TRAINED_ROLE = {"irib": "projector", "direct": "projector", "restorer": "restorer"}
 
 
+#: Weights that depend on the mode when not given: (lpips, blur). IRIB uses the paper's (1, 0.5)
+#: (appendix, the lambda_blur ablation keeps l2 = lpips = 1); ``direct`` and ``restorer`` train as
+#: OSEDiff's train_osediff.py does, L2 + 2 x LPIPS + prior and no blur term.
+MODE_DEFAULT_WEIGHTS = {"irib": (1.0, 0.5), "direct": (2.0, 0.0), "restorer": (2.0, 0.0)}
+PROMPT_DROPOUT_SCOPES = ("all", "projector")
+
+
 @dataclass
 class IRIBLossConfig(JSONConfigMixin):
-    """Weights and settings of the objective; the defaults are the paper's main setting."""
+    """Weights and settings of the objective; the defaults are the paper's, OSEDiff's where it is silent.
+
+    * ``pixel_range``: the range the pixel terms (eq. 16, eq. 18's L2 and blur) are computed on.
+      OSEDiff's (-1, 1) by default (the models' range; the images stay in [0, 1] everywhere else);
+      (0, 1) makes those terms 4x weaker against LPIPS and the prior.
+    * ``literal_eq17``: the printed eq. 17 (epsilon space, no guidance, the 1/2 in front) instead of
+      OSEDiff's VSD (x0 space, guidance, DMD normalisation, gradient 2 * grad / N).
+    * ``lpips_weight`` / ``blur_weight``: None picks the mode's default (:data:`MODE_DEFAULT_WEIGHTS`):
+      1 / 0.5 for ``irib``, OSEDiff's 2 / 0 for ``direct`` and ``restorer``.
+    * ``prompt_dropout`` replaces a sample's prompt by "" with this probability. With
+      ``prompt_dropout_scope="all"`` the dropped prompt reaches every UNet pass of the step: the
+      projector (the trained set), the restorer, both prior scores (the regularizer's and the frozen
+      prior's conditional branch) and the regularizer's own training. With ``"projector"`` only the
+      trained set sees it; the restorer, the prior and the regularizer keep the tags, as OSEDiff's
+      prior always does.
+    """
 
     mode: str = "irib"
     lq_weight: float = 1.0
     prior_weight: float = 1.0
     l2_weight: float = 1.0
-    lpips_weight: float = 1.0
-    blur_weight: float = 0.5
+    lpips_weight: Optional[float] = None
+    blur_weight: Optional[float] = None
     lq_blur_sigma: float = DEFAULT_LQ_BLUR_SIGMA
     hq_blur_sigma: float = DEFAULT_HQ_BLUR_SIGMA
+    pixel_range: tuple[float, float] = DEFAULT_PIXEL_RANGE
     guidance_scale: float = 7.5
     literal_eq17: bool = False
     prior_timestep_range: tuple[int, int] = (20, 979)
     prompt_source: str = "hq"
     prompt_dropout: float = 0.3
+    prompt_dropout_scope: str = "all"
 
     config_kind = "IRIB loss config"
 
@@ -86,11 +113,19 @@ class IRIBLossConfig(JSONConfigMixin):
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
         if self.prompt_source not in PROMPT_SOURCES:
             raise ValueError(f"prompt_source must be one of {PROMPT_SOURCES}, got {self.prompt_source!r}")
+        if self.prompt_dropout_scope not in PROMPT_DROPOUT_SCOPES:
+            raise ValueError(
+                f"prompt_dropout_scope must be one of {PROMPT_DROPOUT_SCOPES}, got {self.prompt_dropout_scope!r}"
+            )
+        lpips, blur = MODE_DEFAULT_WEIGHTS[self.mode]
+        self.lpips_weight = lpips if self.lpips_weight is None else self.lpips_weight
+        self.blur_weight = blur if self.blur_weight is None else self.blur_weight
         for name in ("lq_weight", "prior_weight", "l2_weight", "lpips_weight", "blur_weight", "lq_blur_sigma",
                      "hq_blur_sigma", "guidance_scale"):  # fmt: skip
             value = getattr(self, name)
             if not is_number(value) or value < 0:
                 raise ValueError(f"{name} must be a non-negative number, got {value!r}")
+        self.pixel_range = check_pixel_range(self.pixel_range)
         check_probability("prompt_dropout", self.prompt_dropout)
         low_high = tuple(self.prior_timestep_range)
         if len(low_high) != 2 or not all(is_int(t) for t in low_high) or not 0 <= low_high[0] <= low_high[1] <= 999:
@@ -102,7 +137,11 @@ class IRIBLossConfig(JSONConfigMixin):
 
 @dataclass
 class IRIBBatch:
-    """One training batch: images in [0, 1] (B, 3, H, W), the recorded degradations, the prompts."""
+    """One training batch: images in [0, 1] (B, 3, H, W), the recorded degradations, the prompts.
+
+    ``prompts`` are the trained set's (after dropout); ``tags`` the extracted prompts before dropout,
+    which the restorer and the prior see under ``prompt_dropout_scope="projector"`` (None: ``prompts``).
+    """
 
     hq: torch.Tensor
     lq: torch.Tensor
@@ -110,6 +149,7 @@ class IRIBBatch:
     lq_params: DegradationParams
     elq_params: DegradationParams
     prompts: list[str]
+    tags: Optional[list[str]] = None
 
 
 class IRIBObjective:
@@ -207,8 +247,8 @@ class IRIBObjective:
         if source is not None and self.prompt_extractor is not None:
             prompts = check_prompts(self.prompt_extractor(postprocess(source, "pil")), hq.shape[0])
         drop = (torch.rand(len(prompts), generator=generator) < self.config.prompt_dropout).tolist()
-        prompts = ["" if dropped else p for p, dropped in zip(prompts, drop)]
-        return IRIBBatch(pair.hq, pair.lq, pair.elq, pair.lq_params, pair.elq_params, prompts)
+        kept = ["" if dropped else p for p, dropped in zip(prompts, drop)]
+        return IRIBBatch(pair.hq, pair.lq, pair.elq, pair.lq_params, pair.elq_params, kept, tags=prompts)
 
     # ------------------------------------------------------------------ losses
     def _score(self, role: Optional[str]) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
@@ -218,12 +258,14 @@ class IRIBObjective:
 
         return score
 
-    def _generate(self, batch: IRIBBatch, embeds: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _generate(
+        self, batch: IRIBBatch, embeds: torch.Tensor, restorer_embeds: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(z_hat in [0, 1], its x0 latent) of the trained model on this batch."""
         alphas = self.scheduler.alphas_cumprod
         device = self.device
         if self.config.mode == "irib":
-            out = irib_forward(self.unet, self.vae, alphas, batch.elq.to(device) * 2 - 1, embeds)
+            out = irib_forward(self.unet, self.vae, alphas, batch.elq.to(device) * 2 - 1, embeds, restorer_embeds)
             return (out.hq.float() + 1) / 2, out.hq_latents
         source = batch.elq if self.config.mode == "direct" else batch.lq
         with adapters.use_adapter_set(self.unet, self.vae, self.trained_role):
@@ -242,25 +284,40 @@ class IRIBObjective:
         """
         cfg = self.config
         embeds = self.encode_prompts(batch.prompts)
-        z_hat, latents = self._generate(batch, embeds)
+        tags = embeds  # what the restorer, the prior scores and the regularizer see
+        if cfg.prompt_dropout_scope == "projector" and batch.tags is not None and batch.tags != batch.prompts:
+            tags = self.encode_prompts(batch.tags)
+        z_hat, latents = self._generate(batch, embeds, tags)
         hq = batch.hq.to(z_hat.device)
         fid = hq_fidelity_loss(
-            z_hat, hq, self.lpips_fn, cfg.l2_weight, cfg.lpips_weight, cfg.blur_weight, cfg.hq_blur_sigma
+            z_hat,
+            hq,
+            self.lpips_fn,
+            cfg.l2_weight,
+            cfg.lpips_weight,
+            cfg.blur_weight,
+            cfg.hq_blur_sigma,
+            cfg.pixel_range,
         )
         zero = z_hat.new_zeros(())
         lq_recon = zero
         if cfg.mode == "irib" and cfg.lq_weight:
             lq_recon = lq_reconstruction_loss(
-                z_hat, batch.lq.to(z_hat.device), self.lq_degradation, batch.lq_params, cfg.lq_blur_sigma
+                z_hat,
+                batch.lq.to(z_hat.device),
+                self.lq_degradation,
+                batch.lq_params,
+                cfg.lq_blur_sigma,
+                cfg.pixel_range,
             )
         prior = zero
         if cfg.prior_weight:
             negative = self._negative_embeds(len(batch.prompts))
             prior = prior_loss(
-                latents, embeds, negative, self._score(self.regularizer), self._score(None), self.scheduler,
+                latents, tags, negative, self._score(self.regularizer), self._score(None), self.scheduler,
                 cfg.guidance_scale, cfg.prior_timestep_range, cfg.literal_eq17, generator,
             )  # fmt: skip
-        self._latest = (latents.detach(), embeds)
+        self._latest = (latents.detach(), tags)
         total = cfg.lq_weight * lq_recon + cfg.prior_weight * prior + fid["total"]
         return {
             "total": total, "lq_recon": lq_recon, "prior": prior, "hq_fidelity": fid["total"],

@@ -256,8 +256,11 @@ def run(args: argparse.Namespace) -> int:
     images = read_inputs(paths, args.size)  # 8-bit crops: every file is read before any is written
     sampled = sample_all(len(paths), presets, args, device)
     written = 0
-    for start in range(0, len(paths), args.batch_size):  # float tensors for one batch at a time
-        indices = list(range(start, min(start + args.batch_size, len(paths))))
+    batch_size = args.batch_size
+    if args.no_resize_back and any(getattr(p.config, "scale_range", None) for p in presets):
+        batch_size = 1  # a final scale drawn per image gives each image its own size (the files are the same)
+    for start in range(0, len(paths), batch_size):  # float tensors for one batch at a time
+        indices = list(range(start, min(start + batch_size, len(paths))))
         hq = to_batch([images[i] for i in indices], device)
         results = degrade_batch(hq, indices, sampled, args)
         written += write_outputs([paths[i] for i in indices], [images[i] for i in indices], hq, results, args, output)

@@ -25,6 +25,7 @@ def _to_plain(value: Any) -> Any:
         return value.detach().cpu().tolist()
     if dataclasses.is_dataclass(value):
         names = [f.name for f in dataclasses.fields(value) if f.name not in _NOT_PLAIN]
+        names = [n for n in names if not (n in _OMITTED_WHEN_NONE and getattr(value, n) is None)]
         return {name: _to_plain(getattr(value, name)) for name in names}
     return value
 
@@ -32,6 +33,8 @@ def _to_plain(value: Any) -> Any:
 # Realised noise fields are image-sized: kept in memory for replay, left out of to_dict / JSON. A params
 # object restored from JSON realises them again on its first application (identically on the same image).
 _NOT_PLAIN = ("poisson_noise",)
+# Added after records were written: left out while unset, so a fixed-scale record stays as it was.
+_OMITTED_WHEN_NONE = ("scale",)
 
 
 _POISSON_VALS = tuple(float(2**e) for e in range(9))
@@ -108,6 +111,8 @@ class FinalParams(_ParamsMixin):
     resize_mode: list[str]
     jpeg_quality: torch.Tensor  # (B,)
     resize_back_mode: list[str]
+    # Each sample's final scale when the config draws it (``scale_range``); None: the params' ``scale``.
+    scale: list[int] | None = None
 
 
 @dataclass
@@ -127,10 +132,14 @@ class DegradationParams(_ParamsMixin):
 
     height: int
     width: int
-    scale: int
+    scale: int  # the config's ``scale`` (with a ``scale_range``, its max); per sample: ``sample_scale``
     first: StageParams
     second: StageParams
     final: FinalParams
+
+    def sample_scale(self, i: int) -> int:
+        """Sample ``i``'s final scale: drawn per sample with a ``scale_range``, else ``scale``."""
+        return self.scale if self.final.scale is None else int(self.final.scale[i])
 
     @property
     def batch_size(self) -> int:

@@ -3,6 +3,7 @@
     first stage:   blur -> resize -> noise -> JPEG
     second stage:  (blur) -> resize -> noise
     final step:    [resize to H/scale -> sinc -> JPEG]  or  [JPEG -> resize to H/scale -> sinc]
+                   (scale fixed, or drawn per sample from the config's ``scale_range``)
     finish:        (resize back to H) -> clamp and round to 8 bits
 
 Every random choice is drawn per sample by :meth:`RealESRGANDegradation.sample` into a
@@ -191,6 +192,10 @@ class RealESRGANDegradation:
             resize_mode=[c.resize_modes[i] for i in mode_index[0]],
             jpeg_quality=_uniform(n, c.jpeg_range2, generator).float(),
             resize_back_mode=[c.resize_modes[i] for i in mode_index[1]],
+            # drawn last, and only with a range: a fixed-scale preset draws exactly what it always drew
+            scale=None
+            if c.scale_range is None
+            else torch.randint(c.scale_range[0], c.scale_range[1] + 1, (n,), generator=generator).tolist(),
         )
 
     def sample(
@@ -233,18 +238,23 @@ class RealESRGANDegradation:
         image = self._noise(image, p, i)
         return _jpeg(image, p.jpeg_quality[i : i + 1])
 
-    def second_stage(self, image: torch.Tensor, p: StageParams, i: int, height: int, width: int) -> torch.Tensor:
-        """Optional blur, resize relative to (H / scale), noise, for sample ``i``."""
+    def second_stage(
+        self, image: torch.Tensor, p: StageParams, i: int, height: int, width: int, scale: int | None = None
+    ) -> torch.Tensor:
+        """Optional blur, resize relative to (H / scale), noise, for sample ``i`` (``scale``: its final
+        scale, default the config's)."""
         if p.blur[i]:
             image = self._blur(image, p.kernel[i], p.kernel_size[i])
-        s = self.config.scale
+        s = self.config.scale if scale is None else scale
         size = (_resized(height, p.resize_scale[i] / s), _resized(width, p.resize_scale[i] / s))
         image = resize(image, size, p.resize_mode[i])
         return self._noise(image, p, i)
 
-    def final_stage(self, image: torch.Tensor, p: FinalParams, i: int, height: int, width: int) -> torch.Tensor:
+    def final_stage(
+        self, image: torch.Tensor, p: FinalParams, i: int, height: int, width: int, scale: int | None = None
+    ) -> torch.Tensor:
         """The final resize to (H // scale), sinc filter and JPEG, in the sample's order."""
-        s = self.config.scale
+        s = self.config.scale if scale is None else scale
         size = (max(1, height // s), max(1, width // s))
         quality = p.jpeg_quality[i : i + 1]
         if p.resize_first[i]:
@@ -302,6 +312,10 @@ class RealESRGANDegradation:
             )
         if params.scale != self.config.scale:
             raise ValueError(f"params were drawn with scale {params.scale}, this config has {self.config.scale}")
+        if params.final.scale is not None:
+            scales = params.final.scale
+            if len(scales) != b or not all(isinstance(s, int) and 1 <= s <= params.scale for s in scales):
+                raise ValueError(f"params.final.scale must hold {b} integers in [1, {params.scale}], got {scales!r}")
 
     def __call__(
         self,
@@ -324,6 +338,12 @@ class RealESRGANDegradation:
         if params is None:
             params = self.sample(b, h, w, generator=generator)
         self._check_params(params, images)
+        scales = [params.sample_scale(i) for i in range(b)]
+        if not resize_back and len(set(scales)) > 1:
+            raise ValueError(
+                f"the samples have different final scales {sorted(set(scales))}, so different sizes without the "
+                "resize back: use resize_back=True, or degrade them one scale at a time"
+            )
         original = _with_record_slots(params)
         params = params.to(images.device)
         work = images.to(torch.promote_types(images.dtype, torch.float32))
@@ -331,8 +351,8 @@ class RealESRGANDegradation:
         for i in range(b):
             x = work[i : i + 1]
             x = self.first_stage(x, params.first, i)
-            x = self.second_stage(x, params.second, i, h, w)
-            x = self.final_stage(x, params.final, i, h, w)
+            x = self.second_stage(x, params.second, i, h, w, scale=scales[i])
+            x = self.final_stage(x, params.final, i, h, w, scale=scales[i])
             if resize_back:
                 x = resize(x, (h, w), params.final.resize_back_mode[i])
             outputs.append(quantize_8bit(x))
