@@ -18,6 +18,7 @@ __all__ = [
     "hub_model_id",
     "hub_reachable",
     "is_cached",
+    "is_missing_local_path",
     "looks_like_repo_id",
     "missing_locally",
     "unreachable_hub_message",
@@ -104,9 +105,21 @@ def unreachable_hub_message(name: str, what: str) -> str:
     from huggingface_hub import constants
 
     why = (
-        "HF_HUB_OFFLINE is set" if constants.is_offline_mode() else f"the Hub ({constants.ENDPOINT}) cannot be reached"
+        "the Hub is offline (HF_HUB_OFFLINE)"
+        if constants.is_offline_mode()
+        else f"the Hub ({constants.ENDPOINT}) cannot be reached"
     )
     return (
-        f"{what} {name!r} does not exist locally ({missing_locally(name)}), and as a Hub repo id it is not in the "
-        f"Hugging Face cache and {why}: check the path"
+        f"{what} {name!r} is not a local folder ({missing_locally(name)}), and as a Hub repo id it is not in "
+        f"the Hugging Face cache and {why}: check the path"
     )
+
+
+def is_missing_local_path(name: str) -> bool:
+    """A name that cannot be a Hub repo id, or reads as a path (``.``, ``/``, ``~``, or inside a folder
+    that exists here): when it does not exist, it is a missing local path, and the Hub is not asked."""
+    name = os.fspath(name)
+    if os.path.exists(os.path.expanduser(name)):
+        return False
+    parent = os.path.dirname(name)
+    return name.startswith((".", "/", "~")) or bool(parent and os.path.isdir(parent)) or not looks_like_repo_id(name)

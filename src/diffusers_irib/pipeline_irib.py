@@ -28,7 +28,7 @@ from transformers import CLIPTextModel, CLIPTokenizer
 
 from . import adapters, irib
 from .file_utils import staged_folder
-from .hub_utils import hub_reachable, is_cached, looks_like_repo_id, missing_locally, unreachable_hub_message
+from .hub_utils import hub_reachable, is_cached, is_missing_local_path, missing_locally, unreachable_hub_message
 from .image_processing import (
     COLOR_FIXES,
     OUTPUT_TYPES,
@@ -91,13 +91,16 @@ def _base_revision(kwargs: dict) -> dict:
 
 
 def _fast_hub_kwargs(name: str, hub_kwargs: dict, probe_file: str, what: str, error: type = OSError) -> dict:
-    """For a name that is no local folder but a possible repo id: when the Hub cannot be reached, go to
-    the cache at once (``local_files_only``) or fail at once, rather than after huggingface_hub's
-    ~23 s of retries. Reachable Hub, local folders and other names: ``hub_kwargs`` unchanged."""
+    """For a name that would go to the Hub (no local path, a repo id's shape): when the Hub cannot be
+    reached, use the cache at once (``local_files_only``) or fail at once, rather than after
+    huggingface_hub's ~23 s of retries. ``error=OSError`` (the base) also refuses a missing local path
+    here; adapter sets leave that to :func:`adapters.load_adapter_set`, which says the same."""
     if os.path.exists(name) or hub_kwargs.get("local_files_only"):
         return hub_kwargs
-    if not looks_like_repo_id(name):
-        raise error(f"{what} {name!r} does not exist ({missing_locally(name)}) and is no Hub repo id")
+    if is_missing_local_path(name):
+        if error is OSError:
+            raise error(f"{what} {name!r} does not exist ({missing_locally(name)})")
+        return hub_kwargs
     offline = is_offline_mode()
     if not offline and hub_reachable():
         return hub_kwargs
