@@ -287,25 +287,18 @@ def check_args(args: argparse.Namespace) -> None:
 
 def hub_kwargs_now() -> dict:
     """``local_files_only`` when the Hub does not answer: huggingface_hub would retry ~23 s per file."""
-    from huggingface_hub.constants import is_offline_mode
+    from diffusers_irib.hub_utils import offline_kwargs
 
-    from diffusers_irib.hub_utils import hub_reachable
-
-    return {} if is_offline_mode() or hub_reachable() else {"local_files_only": True}
+    return offline_kwargs()
 
 
 def check_model_source(flag: str, name: str, probe_file: str, **cache_kwargs) -> None:
     """A name that is no local path must be a Hub repo that is reachable or cached: say so in a second."""
-    from huggingface_hub.constants import is_offline_mode
+    from diffusers_irib.hub_utils import source_problem
 
-    from diffusers_irib.hub_utils import is_cached, is_missing_local_path, missing_locally, unreachable_hub_message
-
-    if os.path.exists(name):
-        return
-    if is_missing_local_path(name):
-        raise ValueError(f"{flag} {name!r} does not exist ({missing_locally(name)})")
-    if (is_offline_mode() or hub_kwargs_now()) and not is_cached(name, probe_file, **cache_kwargs):
-        raise ValueError(unreachable_hub_message(name, flag))
+    problem = source_problem(name, probe_file, flag, **cache_kwargs)
+    if problem is not None:
+        raise ValueError(problem)
 
 
 def _base_has_saved_set(args: argparse.Namespace, role: str) -> bool:

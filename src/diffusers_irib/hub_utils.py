@@ -21,6 +21,8 @@ __all__ = [
     "is_missing_local_path",
     "looks_like_repo_id",
     "missing_locally",
+    "offline_kwargs",
+    "source_problem",
     "unreachable_hub_message",
 ]
 
@@ -123,3 +125,26 @@ def is_missing_local_path(name: str) -> bool:
         return False
     parent = os.path.dirname(name)
     return name.startswith((".", "/", "~")) or bool(parent and os.path.isdir(parent)) or not looks_like_repo_id(name)
+
+
+def offline_kwargs() -> dict:
+    """``{"local_files_only": True}`` when the Hub does not answer (then huggingface_hub would retry for
+    ~23 s before using its cache), else ``{}``. In offline mode huggingface_hub is fast on its own."""
+    from huggingface_hub import constants
+
+    return {} if constants.is_offline_mode() or hub_reachable() else {"local_files_only": True}
+
+
+def source_problem(name: str, probe_file: str, what: str, **cache_kwargs) -> Optional[str]:
+    """Why ``name`` cannot be loaded now, in one line, or None: a local path exists, or the Hub repo
+    is reachable or has ``probe_file`` cached. Answers in at most one short probe of the Hub."""
+    from huggingface_hub import constants
+
+    name = os.fspath(name)
+    if os.path.exists(os.path.expanduser(name)):
+        return None
+    if is_missing_local_path(name):
+        return f"{what} {name!r} does not exist ({missing_locally(name)})"
+    if not constants.is_offline_mode() and hub_reachable():
+        return None
+    return None if is_cached(name, probe_file, **cache_kwargs) else unreachable_hub_message(name, what)
