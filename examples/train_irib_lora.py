@@ -18,12 +18,14 @@ row); ``restorer`` trains an OSEDiff-style LQ -> HQ set. The result is an adapte
 from __future__ import annotations
 
 import argparse
+import copy
 import hashlib
 import json
 import logging
 import math
 import os
 import re
+import shlex
 import shutil
 import sys
 import time
@@ -37,6 +39,7 @@ from accelerate import Accelerator
 from accelerate.logging import get_logger
 from accelerate.utils import DataLoaderConfiguration, DistributedDataParallelKwargs, ProjectConfiguration, set_seed
 from PIL import Image
+from tqdm.auto import tqdm
 
 from diffusers_irib import adapters
 from diffusers_irib.degradations import DegradationConfig, RealESRGANDegradation
@@ -77,8 +80,20 @@ IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", "
 
 
 # ----------------------------------------------------------------------------------------------- arguments
+class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """``--help`` shows every option's default, also for options without a help text."""
+
+    def add_argument(self, action: argparse.Action) -> None:
+        if action.help is None and action.option_strings and action.default not in (None, argparse.SUPPRESS):
+            action = copy.copy(action)
+            action.help = "default: %(default)s"
+        super().add_argument(action)
+
+
 def parse_args(input_args: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="Train an IRIB projector (or a baseline) LoRA adapter set.")
+    parser = argparse.ArgumentParser(
+        description="Train an IRIB projector (or a baseline) LoRA adapter set.", formatter_class=DefaultsHelpFormatter
+    )
     model = parser.add_argument_group("model")
     model.add_argument("--pretrained_model_name_or_path", default=DEFAULT_BASE, help="SD2.1-base folder or Hub id.")
     model.add_argument("--revision", default=None, help="Revision of the base model on the Hub.")
@@ -111,6 +126,11 @@ def parse_args(input_args: list[str] | None = None) -> argparse.Namespace:
         action=argparse.BooleanOptionalAction,
         default=True,
         help="Mirror crops left-right at random (OSEDiff's RandomHorizontalFlip; --no-random_flip: off).",
+    )
+    data.add_argument(
+        "--center_crop",
+        action="store_true",
+        help="Crop the centre of each image (full resolution), not a random square.",
     )
     data.add_argument("--min_image_size", type=int, default=64, help="Skip images whose short side is smaller.")
     data.add_argument("--dataloader_num_workers", type=int, default=0)
@@ -170,18 +190,30 @@ def parse_args(input_args: list[str] | None = None) -> argparse.Namespace:
     optim.add_argument("--gradient_accumulation_steps", type=int, default=1)
     optim.add_argument("--gradient_checkpointing", action="store_true")
     optim.add_argument("--learning_rate", type=float, default=5e-5)
+    optim.add_argument(
+        "--scale_lr", action="store_true", help="Multiply the learning rates by batch x accumulation x processes."
+    )
     optim.add_argument("--regularizer_learning_rate", type=float, default=None, help="Default: --learning_rate.")
     optim.add_argument("--lr_scheduler", default="constant",
                        choices=["linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup"])  # fmt: skip
     optim.add_argument("--lr_warmup_steps", type=int, default=0)
+    optim.add_argument("--lr_num_cycles", type=int, default=1, help="Hard restarts of cosine_with_restarts.")
+    optim.add_argument("--lr_power", type=float, default=1.0, help="Power of the polynomial scheduler.")
     optim.add_argument("--max_grad_norm", type=float, default=1.0)
     optim.add_argument("--rank", type=int, default=4, help="LoRA rank of the trained set.")
     optim.add_argument("--lora_alpha", type=float, default=None, help="Default: 2 x rank (OSEDiff's scale 2).")
     optim.add_argument("--use_8bit_adam", action="store_true", help="bitsandbytes' 8-bit AdamW (GPU).")
-    optim.add_argument("--adam_weight_decay", type=float, default=1e-2)
+    optim.add_argument("--adam_beta1", type=float, default=0.9, help="Adam's beta1.")
+    optim.add_argument("--adam_beta2", type=float, default=0.999, help="Adam's beta2.")
+    optim.add_argument("--adam_weight_decay", type=float, default=1e-2, help="AdamW's weight decay.")
+    optim.add_argument("--adam_epsilon", type=float, default=1e-08, help="Adam's epsilon.")
     optim.add_argument("--allow_tf32", action="store_true")
     optim.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"], default=None)
-    optim.add_argument("--enable_xformers_memory_efficient_attention", action="store_true")
+    optim.add_argument(
+        "--enable_xformers_memory_efficient_attention",
+        action="store_true",
+        help="xformers attention in the UNet (needs xformers; PyTorch's SDPA is the default).",
+    )
     optim.add_argument("--seed", type=int, default=0)
 
     out = parser.add_argument_group("output and logging")
@@ -194,7 +226,11 @@ def parse_args(input_args: list[str] | None = None) -> argparse.Namespace:
     )
     out.add_argument("--logging_dir", default="logs", help="Relative to --output_dir.")
     out.add_argument("--report_to", default="tensorboard", help="tensorboard, wandb, all, or none.")
+    out.add_argument("--tracker_project_name", default="irib-lora", help="Project name of the trackers.")
     out.add_argument("--validation_images", nargs="*", default=[], help="Image files restored at every validation.")
+    out.add_argument(
+        "--num_validation_images", type=int, default=4, help="Restore at most this many of --validation_images."
+    )
     out.add_argument("--validation_steps", type=int, default=500)
     out.add_argument("--checkpointing_steps", type=int, default=500)
     out.add_argument("--checkpoints_total_limit", type=int, default=None)
@@ -204,9 +240,13 @@ def parse_args(input_args: list[str] | None = None) -> argparse.Namespace:
         help='"latest" (the last complete checkpoint-<step> of --output_dir) or a checkpoint folder.',
     )
     out.add_argument("--debug", action="store_true", help="Show the full traceback when something fails.")
-    out.add_argument("--push_to_hub", action="store_true")
-    out.add_argument("--hub_model_id", default=None)
-    out.add_argument("--hub_token", default=None)
+    out.add_argument(
+        "--push_to_hub",
+        action="store_true",
+        help="Create the Hub repo before the first step; upload the set at the end.",
+    )
+    out.add_argument("--hub_model_id", default=None, help="Hub repo id (default: the name of --output_dir).")
+    out.add_argument("--hub_token", default=None, help="Hub token (default: the one `hf auth login` saved).")
     out.add_argument("--log_sample_ids", action="store_true",
                      help="Write the ids of every rank's samples to logs/samples-rank<r>.jsonl (data debugging).")  # fmt: skip
 
@@ -256,6 +296,20 @@ def check_args(args: argparse.Namespace) -> None:
         check_train_data_dir(args)
     if args.streaming and args.max_train_steps is None:
         raise ValueError("a streamed dataset has no length: give --max_train_steps")
+    if args.num_validation_images <= 0:
+        raise ValueError(f"--num_validation_images must be positive, got {args.num_validation_images}")
+    base, cache = args.pretrained_model_name_or_path, {"cache_dir": args.cache_dir}
+    check_model_source("--pretrained_model_name_or_path", base, "model_index.json", revision=args.revision, **cache)
+    if args.restorer_adapter is not None:
+        check_model_source("--restorer_adapter", args.restorer_adapter, adapters.LORA_WEIGHT_NAME, **cache)
+    if args.enable_xformers_memory_efficient_attention:
+        try:
+            import xformers  # noqa: F401
+        except ImportError:
+            raise ValueError(
+                "--enable_xformers_memory_efficient_attention needs xformers (pip install xformers, a wheel built "
+                "for your torch); without the flag the UNet uses PyTorch's SDPA attention"
+            ) from None
     args.lq_config = resolve_preset(args.lq_preset, "--lq_preset")
     args.elq_config = resolve_preset(args.elq_preset, "--elq_preset")
     if args.use_8bit_adam:
@@ -381,6 +435,22 @@ def check_restorer_role(path: str, config_file: str) -> None:
         )
 
 
+def hub_kwargs_now() -> dict:
+    """``local_files_only`` when the Hub does not answer: huggingface_hub would retry ~23 s per file."""
+    from diffusers_irib.hub_utils import offline_kwargs
+
+    return offline_kwargs()
+
+
+def check_model_source(flag: str, name: str, probe_file: str, **cache_kwargs) -> None:
+    """A name that is no local path must be a Hub repo that is reachable or cached: say so in a second."""
+    from diffusers_irib.hub_utils import source_problem
+
+    problem = source_problem(name, probe_file, flag, **cache_kwargs)
+    if problem is not None:
+        raise ValueError(problem)
+
+
 def _base_has_saved_set(args: argparse.Namespace, role: str) -> bool:
     path = os.path.join(args.pretrained_model_name_or_path, "adapter_sets", role)
     return os.path.isfile(os.path.join(path, adapters.ADAPTER_SET_CONFIG_NAME))
@@ -403,12 +473,16 @@ def check_restorer_base(args: argparse.Namespace) -> None:
         from huggingface_hub import hf_hub_download
 
         config_file = hf_hub_download(
-            args.restorer_adapter, adapters.ADAPTER_SET_CONFIG_NAME, cache_dir=args.cache_dir
+            args.restorer_adapter, adapters.ADAPTER_SET_CONFIG_NAME, cache_dir=args.cache_dir, **hub_kwargs_now()
         )
     check_restorer_role(args.restorer_adapter, config_file)
     recorded = (AdapterSetConfig.from_json_file(config_file).base_architecture or {}).get("unet") or {}
     unet_config = UNet2DConditionModel.load_config(
-        args.pretrained_model_name_or_path, subfolder="unet", revision=args.revision, cache_dir=args.cache_dir
+        args.pretrained_model_name_or_path,
+        subfolder="unet",
+        revision=args.revision,
+        cache_dir=args.cache_dir,
+        **hub_kwargs_now(),
     )
     diffs = [f"{k}: set {v!r}, base {unet_config.get(k)!r}" for k, v in recorded.items() if unet_config.get(k, v) != v]
     if diffs:
@@ -448,12 +522,35 @@ def build_prompt_extractor(args: argparse.Namespace, device: torch.device):
     return prompts.RAMTagger(args.prompt_extractor_model, device=device)
 
 
+def stop(message: str) -> None:
+    """End the run with one line (no traceback): the way out of a setup the user can fix."""
+    raise SystemExit(f"train_irib_lora.py: error: {message}")
+
+
+def lpips_backbone_file(net: str = "vgg") -> str:
+    """Where torch.hub keeps the ImageNet weights of LPIPS's backbone (torchvision downloads them)."""
+    from torchvision.models import AlexNet_Weights, VGG16_Weights
+
+    url = {"vgg": VGG16_Weights.IMAGENET1K_V1.url, "alex": AlexNet_Weights.IMAGENET1K_V1.url}[net]
+    return os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(url))
+
+
 def build_lpips(args: argparse.Namespace, device: torch.device):
+    """LPIPS(VGG), built before any model loads: its backbone weights are a download that may fail."""
     if args.lpips_weight == 0:
         return None
     import lpips
 
-    net = lpips.LPIPS(net="vgg", pnet_rand=args.lpips_random_backbone, verbose=False)
+    try:
+        net = lpips.LPIPS(net="vgg", pnet_rand=args.lpips_random_backbone, verbose=False)
+    except Exception as error:  # no network, a proxy, a truncated file: the run cannot compute its loss
+        path = lpips_backbone_file("vgg")
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        stop(
+            f"LPIPS needs the VGG16 ImageNet weights {os.path.basename(path)}, which could not be had ({reason}): "
+            f"put the file in {os.path.dirname(path)} (set TORCH_HOME to use another cache), "
+            "or train without the LPIPS term with --lpips_weight 0"
+        )
     return net.to(device).eval().requires_grad_(False)
 
 
@@ -565,7 +662,7 @@ def load_validation_images(args: argparse.Namespace, objective: IRIBObjective) -
     """HQ validation crops (short side resized to the resolution, centre crop) and their model input (ELQ,
     or LQ for ``--mode restorer``), degraded once with a fixed seed."""
     crops = []
-    for path in args.validation_images:
+    for path in args.validation_images[: args.num_validation_images]:
         image, _ = decode_image(path)
         scale = args.resolution / min(image.size)
         image = image.resize((max(args.resolution, round(image.width * scale)),
@@ -582,9 +679,12 @@ def load_validation_images(args: argparse.Namespace, objective: IRIBObjective) -
 
 
 @torch.no_grad()
-def run_validation(pipe, args, hq, degraded, step: int, accelerator: Accelerator, extractor) -> str:
-    """Restore the validation images with the current set; write and log the package's grid
-    (ELQ input | LQ proxy | restored | HQ, labelled, panels at least 256 px)."""
+def run_validation(
+    pipe, args, hq, degraded, step: int, accelerator: Accelerator, extractor, phase: str = "validation"
+) -> str:
+    """Restore the validation images with the current set; write and log the package's grid (ELQ input |
+    LQ proxy | restored | HQ, labelled, panels at least 256 px). ``phase="final"``: the run's last
+    inference, with the set loaded back from the output folder."""
     with accelerator.autocast():
         if args.mode == "direct":  # one set ELQ -> HQ, run as a one-step model of its own
             restored, lq_proxy = _one_step_images(pipe, degraded, "projector"), degraded
@@ -599,18 +699,18 @@ def run_validation(pipe, args, hq, degraded, step: int, accelerator: Accelerator
     array = np.asarray(comparison_grid(list(zip(degraded, lq_proxy, restored, hq)), labels))  # panels >= 256 px
     folder = Path(args.output_dir) / "validation"
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"step-{step:06d}.png"
+    path = folder / (f"step-{step:06d}.png" if phase == "validation" else f"{phase}.png")
     Image.fromarray(array).save(path)
     psnr = float(np.mean([-10 * math.log10(max(float(F.mse_loss(r, h)), 1e-10)) for r, h in zip(restored, hq)]))
     for tracker in accelerator.trackers:
         if tracker.name == "tensorboard":
-            tracker.writer.add_image("validation", array, step, dataformats="HWC")
+            tracker.writer.add_image(phase, array, step, dataformats="HWC")
         elif tracker.name == "wandb":
             import wandb
 
-            tracker.log({"validation": [wandb.Image(array, caption=" | ".join(labels))]}, step=step)
-    accelerator.log({"validation/psnr": psnr}, step=step)
-    logger.info(f"validation at step {step}: PSNR {psnr:.2f} dB, grid {path}")
+            tracker.log({phase: [wandb.Image(array, caption=" | ".join(labels))]}, step=step)
+    accelerator.log({f"{phase}/psnr": psnr}, step=step)
+    logger.info(f"{phase} at step {step}: PSNR {psnr:.2f} dB, grid {path}")
     return str(path)
 
 
@@ -790,6 +890,40 @@ def training_card_section(args: argparse.Namespace, steps: int, accelerator: Acc
     return "\n".join(lines)
 
 
+def create_hub_repo(repo_id: str, token: str | None = None) -> str:
+    """Before the first step (as diffusers' examples do): a missing token, a bad one or no network stops
+    the run at once, in one line, instead of after training."""
+    from huggingface_hub import HfApi, get_token
+
+    if token is None and get_token() is None:
+        stop("--push_to_hub needs a Hub token: run `hf auth login` (or set HF_TOKEN, or pass --hub_token)")
+    try:
+        return HfApi(token=token).create_repo(repo_id, exist_ok=True, repo_type="model").repo_id
+    except Exception as error:  # 401, no network, offline mode, a bad repo id
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        stop(f"--push_to_hub: cannot create the Hub repo {repo_id!r} ({reason}); nothing was trained")
+
+
+def upload_command(repo_id: str, output_dir: str) -> str:
+    """The ``hf upload`` command (huggingface_hub's CLI) that publishes the folder as publish_to_hub does."""
+    excludes = " ".join(f"--exclude {shlex.quote(pattern)}" for pattern in NOT_PUBLISHED)
+    return f"hf upload {shlex.quote(repo_id)} {shlex.quote(output_dir)} . {excludes}"
+
+
+def upload_or_explain(output_dir: str, repo_id: str, token: str | None = None) -> str | None:
+    """Publish the folder; when the upload fails, keep everything and return how to upload it later."""
+    try:
+        publish_to_hub(output_dir, repo_id, token)
+    except Exception as error:
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        return (
+            f"the upload to the Hub repo {repo_id!r} failed ({reason}); the trained set is saved in "
+            f"{output_dir}. Upload it later with:\n  {upload_command(repo_id, output_dir)}"
+        )
+    logger.info(f"published to https://huggingface.co/{repo_id}")
+    return None
+
+
 def publish_to_hub(output_dir: str, repo_id: str, token: str | None = None) -> str:
     """Create the model repo and upload the set's folder (not the checkpoints, logs or validation history)."""
     from huggingface_hub import HfApi
@@ -839,6 +973,9 @@ def main(args: argparse.Namespace) -> None:
     if args.allow_tf32 and torch.cuda.is_available():
         torch.backends.cuda.matmul.allow_tf32 = True
     resume = find_resume_checkpoint(args)  # before any model loads
+    repo_id = None
+    if args.push_to_hub and accelerator.is_main_process:  # before anything is written or loaded
+        repo_id = create_hub_repo(args.hub_model_id, args.hub_token)
     if accelerator.is_main_process:
         os.makedirs(args.output_dir, exist_ok=True)
         if args.overwrite_output_dir and not args.resume_from_checkpoint:  # they must not pass for this run's
@@ -848,11 +985,12 @@ def main(args: argparse.Namespace) -> None:
         remove_interrupted_checkpoints(args.output_dir)
 
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
+    lpips_fn = build_lpips(args, accelerator.device)  # a download: may stop the run, before the models load
     pipe = load_models(args, accelerator, weight_dtype)
     extractor = build_prompt_extractor(args, accelerator.device)
     objective = IRIBObjective.from_pipeline(
         pipe, config=IRIBLossConfig(**loss_config_kwargs(args)), lq_degradation=RealESRGANDegradation(args.lq_config),
-        elq_degradation=RealESRGANDegradation(args.elq_config), lpips_fn=build_lpips(args, accelerator.device),
+        elq_degradation=RealESRGANDegradation(args.elq_config), lpips_fn=lpips_fn,
         prompt_extractor=extractor, negative_prompt=args.negative_prompt,
     )  # fmt: skip
     role = objective.trained_role
@@ -875,6 +1013,11 @@ def main(args: argparse.Namespace) -> None:
         updates_per_epoch = math.ceil(len(loader) / accelerator.num_processes / args.gradient_accumulation_steps)
         args.max_train_steps = args.num_train_epochs * updates_per_epoch
 
+    if args.scale_lr:  # diffusers' examples: the rate grows with the total batch
+        scale = args.gradient_accumulation_steps * args.train_batch_size * accelerator.num_processes
+        args.learning_rate *= scale
+        if args.regularizer_learning_rate is not None:
+            args.regularizer_learning_rate *= scale
     optimizer_cls = torch.optim.AdamW
     if args.use_8bit_adam:
         import bitsandbytes as bnb
@@ -883,17 +1026,25 @@ def main(args: argparse.Namespace) -> None:
     from diffusers.optimization import get_scheduler
 
     # The prepared schedulers step once per process per update (diffusers' examples' convention).
-    optimizer = optimizer_cls(params, lr=args.learning_rate, weight_decay=args.adam_weight_decay)
+    adam = {
+        "betas": (args.adam_beta1, args.adam_beta2),
+        "weight_decay": args.adam_weight_decay,
+        "eps": args.adam_epsilon,
+    }
+    optimizer = optimizer_cls(params, lr=args.learning_rate, **adam)
     optimizers = [optimizer]
-    schedulers = [
-        get_scheduler(
-            args.lr_scheduler, optimizer, num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
-            num_training_steps=args.max_train_steps * accelerator.num_processes,
-        )
-    ]  # fmt: skip
+    main_scheduler = get_scheduler(
+        args.lr_scheduler,
+        optimizer,
+        num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
+        num_training_steps=args.max_train_steps * accelerator.num_processes,
+        num_cycles=args.lr_num_cycles,
+        power=args.lr_power,
+    )
+    schedulers = [main_scheduler]
     if reg_params:
         reg_lr = args.regularizer_learning_rate or args.learning_rate
-        optimizers.append(optimizer_cls(reg_params, lr=reg_lr, weight_decay=args.adam_weight_decay))
+        optimizers.append(optimizer_cls(reg_params, lr=reg_lr, **adam))
         schedulers.append(get_scheduler("constant", optimizers[-1]))
 
     step_module = IRIBTrainingStep(objective)
@@ -921,7 +1072,8 @@ def main(args: argparse.Namespace) -> None:
 
     if args.report_to != "none":
         tracker_config = {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))}
-        accelerator.init_trackers("irib-lora", config=tracker_config)
+        tracker_config.pop("hub_token", None)  # a secret: never in a run's logged config
+        accelerator.init_trackers(args.tracker_project_name, config=tracker_config)
 
     global_step = 0
     if args.resume_from_checkpoint:
@@ -977,6 +1129,11 @@ def main(args: argparse.Namespace) -> None:
     wait_time = compute_time = 0.0
     stream = batches()
     grid = None
+    logs = None
+    # The console shows a bar with the loss terms; every per-step value goes to the trackers.
+    progress_bar = tqdm(
+        range(args.max_train_steps), initial=global_step, desc="Steps", disable=not accelerator.is_local_main_process
+    )
     step_module.train()
     while global_step < args.max_train_steps:
         tick = time.perf_counter()
@@ -1018,9 +1175,9 @@ def main(args: argparse.Namespace) -> None:
         logs.update({f"images_skipped/{k}": v for k, v in skipped_total.items()})
         wait_time = compute_time = 0.0
         accelerator.log(logs, step=global_step)
-        logger.info(f"step {global_step}/{args.max_train_steps}: loss {logs['loss']:.4f} (lq {logs['lq_recon']:.4f}, "
-                    f"prior {logs['prior']:.4f}, hq {logs['hq_fidelity']:.4f}, reg {logs['regularizer']:.4f}), "
-                    f"data wait {logs['data_wait_fraction']:.0%}, images skipped {dict(skipped_total)}, converted {converted_total}")  # fmt: skip
+        progress_bar.update(1)
+        terms = {"loss": "loss", "lq": "lq_recon", "prior": "prior", "hq": "hq_fidelity", "reg": "regularizer"}
+        progress_bar.set_postfix({short: f"{logs[key]:.4f}" for short, key in terms.items()})
         if global_step % args.checkpointing_steps == 0:
             if accelerator.is_main_process:
                 prune_checkpoints(args.output_dir, args.checkpoints_total_limit)
@@ -1034,21 +1191,48 @@ def main(args: argparse.Namespace) -> None:
             grid = run_validation(pipe, args, *validation, global_step, accelerator, extractor)
             step_module.train()
 
+    progress_bar.close()
+    if logs is not None:  # the last step's values, once on the console
+        logger.info(
+            f"step {global_step}/{args.max_train_steps}: loss {logs['loss']:.4f} (lq {logs['lq_recon']:.4f}, "
+            f"prior {logs['prior']:.4f}, hq {logs['hq_fidelity']:.4f}, reg {logs['regularizer']:.4f}), "
+            f"data wait {logs['data_wait_fraction']:.0%}, images skipped {dict(skipped_total)}, "
+            f"converted {converted_total}"
+        )
     if sample_log is not None:
         sample_log.close()
     check_replicas_agree(accelerator, params + reg_params)
     accelerator.wait_for_everyone()
+    upload_failure = None
     if accelerator.is_main_process:
-        finish(args, pipe, role, global_step, accelerator, grid)
+        upload_failure = finish(args, pipe, role, global_step, accelerator, grid, validation, extractor, repo_id)
     accelerator.end_training()
+    if upload_failure:
+        stop(upload_failure)
 
 
-def finish(args, pipe, role: str, steps: int, accelerator: Accelerator, grid: str | None) -> None:
-    """Save the trained set with its model card into the output folder; publish it when asked."""
+def finish(
+    args,
+    pipe,
+    role: str,
+    steps: int,
+    accelerator: Accelerator,
+    grid: str | None,
+    validation=None,
+    extractor=None,
+    repo_id: str | None = None,
+) -> str | None:
+    """Save the trained set with its model card into the output folder; restore the validation images
+    once more with the set loaded back from that folder (the examples' final validation); publish
+    when asked. Returns what to do when the upload failed (everything stays saved), else None."""
     from diffusers_irib.model_card import adapter_set_model_card
 
     config = adapters.get_adapter_set_config(pipe.unet, role)
     adapters.save_adapter_set(pipe.unet, pipe.vae, role, args.output_dir, model_card=False)
+    if validation is not None:  # the saved files, not the weights in memory, make the final grid
+        pipe.delete_adapter_set(role)
+        pipe.load_adapter_set(args.output_dir, role=role)
+        grid = run_validation(pipe, args, *validation, steps, accelerator, extractor, phase="final")
     card_grid = None
     if grid is not None:
         card_grid = "validation.png"
@@ -1062,8 +1246,8 @@ def finish(args, pipe, role: str, steps: int, accelerator: Accelerator, grid: st
     card.save(os.path.join(args.output_dir, adapters.MODEL_CARD_NAME))
     logger.info(f"saved the {role} set to {args.output_dir}")
     if args.push_to_hub:
-        repo_id = publish_to_hub(args.output_dir, args.hub_model_id, args.hub_token)
-        logger.info(f"published to https://huggingface.co/{repo_id}")
+        return upload_or_explain(args.output_dir, repo_id or args.hub_model_id, args.hub_token)
+    return None
 
 
 def cli(argv: list[str] | None = None) -> int:

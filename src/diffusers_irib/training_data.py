@@ -96,13 +96,13 @@ def decode_image(value: Any, min_size: int = 0) -> tuple[Image.Image, bool]:
 
 
 def random_crop(
-    image: Image.Image, resolution: int, rng: np.random.Generator, random_flip: bool = False
+    image: Image.Image, resolution: int, rng: np.random.Generator, random_flip: bool = False, center: bool = False
 ) -> torch.Tensor:
     """A random ``resolution`` square of ``image`` as (3, R, R) float32 in [0, 1].
 
     The short side is resized up (bicubic) when it is smaller than ``resolution``; a larger image is
     cropped at full resolution, as OSEDiff's LSDIR crops are. With ``random_flip`` the crop is
-    mirrored left-right with probability 1/2.
+    mirrored left-right with probability 1/2. ``center`` takes the centre square instead (``--center_crop``).
     """
     width, height = image.size
     short = min(width, height)
@@ -110,8 +110,11 @@ def random_crop(
         scale = resolution / short
         width, height = max(resolution, round(width * scale)), max(resolution, round(height * scale))
         image = image.resize((width, height), Image.BICUBIC)
-    left = int(rng.integers(0, width - resolution + 1))
-    top = int(rng.integers(0, height - resolution + 1))
+    if center:
+        left, top = (width - resolution) // 2, (height - resolution) // 2
+    else:
+        left = int(rng.integers(0, width - resolution + 1))
+        top = int(rng.integers(0, height - resolution + 1))
     crop = image.crop((left, top, left + resolution, top + resolution))
     array = np.asarray(crop, dtype=np.float32) / 255.0
     if random_flip and rng.random() < 0.5:
@@ -132,15 +135,23 @@ def _sample_id(value: Any, index: Optional[int]) -> str:
 class _Cropper:
     """Decode + crop with the settings of a run; shared by both dataset kinds."""
 
-    def __init__(self, image_column: str, resolution: int, random_flip: bool, seed: int, min_size: int):
+    def __init__(
+        self,
+        image_column: str,
+        resolution: int,
+        random_flip: bool,
+        seed: int,
+        min_size: int,
+        center_crop: bool = False,
+    ):
         self.image_column, self.resolution, self.random_flip = image_column, resolution, random_flip
-        self.seed, self.min_size = seed, min_size
+        self.seed, self.min_size, self.center_crop = seed, min_size, center_crop
 
     def sample(self, row: dict, rng: np.random.Generator, index: Optional[int], skipped: Counter) -> dict:
         value = row[self.image_column]
         image, converted = decode_image(value, self.min_size)
         return {
-            "pixel_values": random_crop(image, self.resolution, rng, self.random_flip),
+            "pixel_values": random_crop(image, self.resolution, rng, self.random_flip, self.center_crop),
             "sample_id": _sample_id(value, index),
             "skipped": dict(skipped),
             "converted": int(converted),
@@ -158,11 +169,11 @@ class ImageRows(torch.utils.data.Dataset):
     """
 
     def __init__(self, rows: Any, image_column: str, resolution: int, random_flip: bool = False, seed: int = 0,
-                 min_size: int = 0):  # fmt: skip
+                 min_size: int = 0, center_crop: bool = False):  # fmt: skip
         if len(rows) == 0:
             raise ValueError("the training dataset has no rows")
         self.rows = rows
-        self.cropper = _Cropper(image_column, resolution, random_flip, seed, min_size)
+        self.cropper = _Cropper(image_column, resolution, random_flip, seed, min_size, center_crop)
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -193,9 +204,9 @@ class StreamedImageRows(torch.utils.data.IterableDataset):
     """
 
     def __init__(self, rows: Any, image_column: str, resolution: int, random_flip: bool = False, seed: int = 0,
-                 min_size: int = 0, rank: int = 0):  # fmt: skip
+                 min_size: int = 0, rank: int = 0, center_crop: bool = False):  # fmt: skip
         self.rows = rows
-        self.cropper = _Cropper(image_column, resolution, random_flip, seed, min_size)
+        self.cropper = _Cropper(image_column, resolution, random_flip, seed, min_size, center_crop)
         self.rank, self.epoch = rank, 0
 
     def set_epoch(self, epoch: int) -> None:

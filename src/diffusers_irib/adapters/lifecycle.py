@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from .checkpointing import set_layer_state
-from .config import DEFAULT_BASE_MODEL, INIT_VALUES, AdapterSetConfig, check_role_name
+from .config import INIT_VALUES, AdapterSetConfig, check_role_name
 from .conv_in import CONV_IN, conv_in_lora_options, patch_extractor
 from .registry import (
     AdapterSetRecord,
@@ -209,7 +209,7 @@ def add_adapter_set(
         unet_targets.append(CONV_IN)
     config = AdapterSetConfig(
         role=role,
-        base_model_name_or_path=base_model_name_or_path or _model_name(unet) or DEFAULT_BASE_MODEL,
+        base_model_name_or_path=base_model_name_or_path or _model_name(unet),  # None: unknown, never a guess
         rank=rank,
         alpha=float(2 * rank if alpha is None else alpha),
         unet_target_modules=unet_targets,

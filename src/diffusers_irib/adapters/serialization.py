@@ -309,7 +309,7 @@ def _check_architecture(config: AdapterSetConfig, unet: nn.Module, vae: Optional
     if diffs:
         raise ValueError(
             f"adapter set {config.role!r} was made for a different base model "
-            f"({config.base_model_name_or_path}): " + "; ".join(diffs)
+            f"({config.base_model_name_or_path or 'base unknown'}): " + "; ".join(diffs)
         )
 
 

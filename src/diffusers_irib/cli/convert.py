@@ -74,9 +74,12 @@ def load_base(base: str):
     """The base UNet and VAE, for --check-against-base."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
+    from ..hub_utils import offline_kwargs
+
+    hub = offline_kwargs()  # an unreachable Hub: the cache at once, not after ~23 s of retries
     try:
-        return UNet2DConditionModel.from_pretrained(base, subfolder="unet"), AutoencoderKL.from_pretrained(
-            base, subfolder="vae"
+        return UNet2DConditionModel.from_pretrained(base, subfolder="unet", **hub), AutoencoderKL.from_pretrained(
+            base, subfolder="vae", **hub
         )
     except (OSError, ValueError, RuntimeError) as err:
         raise CLIError(
@@ -86,10 +89,17 @@ def load_base(base: str):
 
 def convert(args: argparse.Namespace, unet, vae):
     from ..adapters import convert_osediff_checkpoint
+    from ..hub_utils import offline_kwargs
 
     try:
         return convert_osediff_checkpoint(
-            args.osediff_pkl, args.output_dir, unet, vae, base_model_name_or_path=args.base, role=args.role
+            args.osediff_pkl,
+            args.output_dir,
+            unet,
+            vae,
+            base_model_name_or_path=args.base,
+            role=args.role,
+            **offline_kwargs(),  # an unreachable Hub: the cache at once, not after ~23 s of retries
         )
     except OSError as err:
         if is_write_error(err, args.osediff_pkl):

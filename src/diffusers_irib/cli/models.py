@@ -45,7 +45,7 @@ class ModelSpec:
         return "model_index.json" if self.role == "base" else LORA_WEIGHT_NAME
 
 
-#: Set after the first connection failure: one unreachable Hub costs one timeout, not one per model.
+#: Set after the Hub was found unreachable: one unreachable Hub costs one short probe, not one wait per model.
 _UNREACHABLE: list[bool] = []
 
 
@@ -57,29 +57,30 @@ def hub_offline() -> bool:
 
 
 def is_available(spec: ModelSpec) -> bool:
-    """A local folder with the model's index file, or a Hub repo that is cached or downloadable."""
+    """A local folder with the model's index file, or a Hub repo that is cached or downloadable.
+
+    The Hub is asked only after one short probe (``hub_utils.hub_reachable``) says it answers:
+    huggingface_hub alone retries an unreachable Hub for ~23 s per file.
+    """
+    from ..hub_utils import hub_reachable, is_cached, is_missing_local_path
+
     path = os.path.expanduser(spec.name_or_path)
     if os.path.isdir(path):
         return os.path.isfile(os.path.join(path, spec.probe_file))
-    if os.path.exists(path) or path.startswith((".", "/", "~")) or path.count("/") != 1:
+    if os.path.exists(path) or is_missing_local_path(spec.name_or_path) or spec.name_or_path.count("/") != 1:
         return False  # a path that is not there, or not a valid repo id
+    if is_cached(spec.name_or_path, spec.probe_file):
+        return True
+    if hub_offline() or _UNREACHABLE:
+        return False
+    if not hub_reachable():
+        _UNREACHABLE.append(True)
+        return False
     try:
         from huggingface_hub import hf_hub_download
 
-        hf_hub_download(spec.name_or_path, spec.probe_file, local_files_only=True)
-        return True
-    except Exception:
-        pass
-    if hub_offline() or _UNREACHABLE:
-        return False
-    from huggingface_hub.errors import LocalEntryNotFoundError
-
-    try:
         hf_hub_download(spec.name_or_path, spec.probe_file, etag_timeout=5)
         return True
-    except LocalEntryNotFoundError:  # the Hub could not be reached: do not wait for it again this run
-        _UNREACHABLE.append(True)
-        return False
     except Exception:
         return False
 
@@ -95,8 +96,14 @@ def missing_models_message(specs: list[ModelSpec], tiny_command: str = "irib-dem
     ]
     for spec in missing:
         default = {"base": DEFAULT_BASE_MODEL, "projector": DEFAULT_PROJECTOR, "restorer": DEFAULT_RESTORER}[spec.role]
+        where = ""
+        if not os.path.exists(os.path.expanduser(spec.name_or_path)):
+            from ..hub_utils import missing_locally
+
+            where = f" (not a local path: {missing_locally(spec.name_or_path)})"
         lines.append(
-            f"  - {spec.role}: {spec.name_or_path!r}\n      how to get it: " + HOW_TO_GET[spec.role].format(id=default)
+            f"  - {spec.role}: {spec.name_or_path!r}{where}\n      how to get it: "
+            + HOW_TO_GET[spec.role].format(id=default)
         )
     lines.append(f"To see the whole pipeline run without any weights, use `{tiny_command}`.")
     if _UNREACHABLE:
