@@ -290,8 +290,8 @@ def check_args(args: argparse.Namespace) -> None:
             raise ValueError(f"--{name} must be positive, got {getattr(args, name)}")
     for name in ("learning_rate", "regularizer_learning_rate"):
         value = getattr(args, name)
-        if value is not None and not (math.isfinite(value) and value > 0):
-            raise ValueError(f"--{name} must be a positive number, got {value}")
+        if value is not None and not (math.isfinite(value) and value >= 0):  # 0: a run that only evaluates
+            raise ValueError(f"--{name} must be a finite number >= 0, got {value}")
     if args.train_data_dir is not None:
         check_train_data_dir(args)
     if args.streaming and args.max_train_steps is None:
@@ -1134,64 +1134,66 @@ def main(args: argparse.Namespace) -> None:
     progress_bar = tqdm(
         range(args.max_train_steps), initial=global_step, desc="Steps", disable=not accelerator.is_local_main_process
     )
-    step_module.train()
-    while global_step < args.max_train_steps:
-        tick = time.perf_counter()
-        _, batch = next(stream)
-        if isinstance(dataset, StreamedImageRows) and args.dataloader_num_workers == 0:
-            data_state.stream_state = dataset.state_dict()
-        skipped_total.update(batch["skipped"])
-        converted_total += batch["converted"]
-        if sample_log is not None:
-            sample_log.write(json.dumps({"step": global_step, "micro": micro, "ids": batch["sample_ids"]}) + "\n")
-        waited = time.perf_counter() - tick
-        with accelerator.accumulate(step_module):
-            generator = torch.Generator().manual_seed(
-                step_seed(args.seed, accelerator.process_index, global_step, micro)
-            )
-            hq = batch["pixel_values"].to(accelerator.device)
-            irib_batch = objective.make_batch(hq, generator=generator)
-            with accelerator.autocast():
-                losses = step_module(irib_batch, generator=generator)
-            accelerator.backward(losses["loss"])
-            if accelerator.sync_gradients and args.max_grad_norm > 0:
-                accelerator.clip_grad_norm_(params, args.max_grad_norm)
-                if reg_params:
-                    accelerator.clip_grad_norm_(reg_params, args.max_grad_norm)
-            for opt, sched in zip(optimizers, schedulers):
-                opt.step()
-                sched.step()
-                opt.zero_grad(set_to_none=True)
-        micro += 1
-        wait_time += waited
-        compute_time += time.perf_counter() - tick - waited
-        if not accelerator.sync_gradients:
-            continue
-        global_step += 1
-        micro = 0
-        logs = {k: float(accelerator.gather(v.detach().float().reshape(1)).mean()) for k, v in losses.items()}
-        logs.update({"lr": schedulers[0].get_last_lr()[0], "data_wait_fraction": wait_time / max(wait_time + compute_time, 1e-9),
-                     "images_skipped": sum(skipped_total.values()), "images_converted": converted_total})  # fmt: skip
-        logs.update({f"images_skipped/{k}": v for k, v in skipped_total.items()})
-        wait_time = compute_time = 0.0
-        accelerator.log(logs, step=global_step)
-        progress_bar.update(1)
-        terms = {"loss": "loss", "lq": "lq_recon", "prior": "prior", "hq": "hq_fidelity", "reg": "regularizer"}
-        progress_bar.set_postfix({short: f"{logs[key]:.4f}" for short, key in terms.items()})
-        if global_step % args.checkpointing_steps == 0:
-            if accelerator.is_main_process:
-                prune_checkpoints(args.output_dir, args.checkpoints_total_limit)
-            accelerator.wait_for_everyone()
-            save_checkpoint(accelerator, args.output_dir, global_step)
-        if (
-            validation is not None
-            and accelerator.is_main_process
-            and (global_step % args.validation_steps == 0 or global_step == args.max_train_steps)
-        ):
-            grid = run_validation(pipe, args, *validation, global_step, accelerator, extractor)
-            step_module.train()
+    try:  # closed before any error line, so that line stays the last on the console
+        step_module.train()
+        while global_step < args.max_train_steps:
+            tick = time.perf_counter()
+            _, batch = next(stream)
+            if isinstance(dataset, StreamedImageRows) and args.dataloader_num_workers == 0:
+                data_state.stream_state = dataset.state_dict()
+            skipped_total.update(batch["skipped"])
+            converted_total += batch["converted"]
+            if sample_log is not None:
+                sample_log.write(json.dumps({"step": global_step, "micro": micro, "ids": batch["sample_ids"]}) + "\n")
+            waited = time.perf_counter() - tick
+            with accelerator.accumulate(step_module):
+                generator = torch.Generator().manual_seed(
+                    step_seed(args.seed, accelerator.process_index, global_step, micro)
+                )
+                hq = batch["pixel_values"].to(accelerator.device)
+                irib_batch = objective.make_batch(hq, generator=generator)
+                with accelerator.autocast():
+                    losses = step_module(irib_batch, generator=generator)
+                accelerator.backward(losses["loss"])
+                if accelerator.sync_gradients and args.max_grad_norm > 0:
+                    accelerator.clip_grad_norm_(params, args.max_grad_norm)
+                    if reg_params:
+                        accelerator.clip_grad_norm_(reg_params, args.max_grad_norm)
+                for opt, sched in zip(optimizers, schedulers):
+                    opt.step()
+                    sched.step()
+                    opt.zero_grad(set_to_none=True)
+            micro += 1
+            wait_time += waited
+            compute_time += time.perf_counter() - tick - waited
+            if not accelerator.sync_gradients:
+                continue
+            global_step += 1
+            micro = 0
+            logs = {k: float(accelerator.gather(v.detach().float().reshape(1)).mean()) for k, v in losses.items()}
+            logs.update({"lr": schedulers[0].get_last_lr()[0], "data_wait_fraction": wait_time / max(wait_time + compute_time, 1e-9),
+                         "images_skipped": sum(skipped_total.values()), "images_converted": converted_total})  # fmt: skip
+            logs.update({f"images_skipped/{k}": v for k, v in skipped_total.items()})
+            wait_time = compute_time = 0.0
+            accelerator.log(logs, step=global_step)
+            progress_bar.update(1)
+            terms = {"loss": "loss", "lq": "lq_recon", "prior": "prior", "hq": "hq_fidelity", "reg": "regularizer"}
+            progress_bar.set_postfix({short: f"{logs[key]:.4f}" for short, key in terms.items()})
+            if global_step % args.checkpointing_steps == 0:
+                if accelerator.is_main_process:
+                    prune_checkpoints(args.output_dir, args.checkpoints_total_limit)
+                accelerator.wait_for_everyone()
+                save_checkpoint(accelerator, args.output_dir, global_step)
+            if (
+                validation is not None
+                and accelerator.is_main_process
+                and (global_step % args.validation_steps == 0 or global_step == args.max_train_steps)
+            ):
+                grid = run_validation(pipe, args, *validation, global_step, accelerator, extractor)
+                step_module.train()
 
-    progress_bar.close()
+    finally:
+        progress_bar.close()
     if logs is not None:  # the last step's values, once on the console
         logger.info(
             f"step {global_step}/{args.max_train_steps}: loss {logs['loss']:.4f} (lq {logs['lq_recon']:.4f}, "

@@ -186,6 +186,7 @@ def base_args(root: Path, out: str = "out", data_dir: str = "one") -> list[str]:
         *("--pretrained_model_name_or_path", str(root / "base"), "--restorer_adapter", str(root / "restorer")),
         *("--train_data_dir", str(root / data_dir), "--train_batch_size", "1", "--resolution", "32"),
         *("--min_image_size", "32", "--lpips_weight", "0", "--output_dir", str(root / out), "--report_to", "none"),
+        *("--prompt_extractor", "none"),
     ]
 
 
@@ -219,8 +220,12 @@ def test_an_earlier_runs_output_folder_is_refused_unless_resuming_or_overwriting
     [
         ("one image, batch 2", ["--train_batch_size", "2"], "gives 1 image(s), fewer than one batch"),
         ("empty data folder", ["--train_data_dir", "EMPTY"], "holds no image files"),
-        ("negative learning rate", ["--learning_rate", "-0.0001"], "--learning_rate must be a positive number"),
-        ("NaN learning rate", ["--learning_rate", "nan"], "--learning_rate must be a positive number, got nan"),
+        (
+            "negative learning rate",
+            ["--learning_rate", "-0.0001"],
+            "--learning_rate must be a finite number >= 0, got -0.0001",
+        ),
+        ("NaN learning rate", ["--learning_rate", "nan"], "--learning_rate must be a finite number >= 0, got nan"),
         ("a projector as the restorer", ["--restorer_adapter", "PROJECTOR"], "holds a 'projector' adapter set"),
         ("an incomplete renamed copy", ["--resume_from_checkpoint", "COPY"], "no irib_checkpoint.json"),
     ],

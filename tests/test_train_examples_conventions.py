@@ -76,7 +76,8 @@ def base_args(root: Path, output: str) -> list[str]:
         "--train_data_dir": root / "photos",
         "--output_dir": root / output,
     }
-    flags = "--resolution 32 --min_image_size 32 --lpips_random_backbone --report_to none".split()
+    flags = "--resolution 32 --min_image_size 32 --lpips_random_backbone --report_to none --prompt_extractor none"
+    flags = (flags + " --train_batch_size 1").split()  # 3 photos: less than one batch of the default 4
     return [str(x) for pair in paths.items() for x in pair] + flags
 
 
@@ -268,9 +269,11 @@ def test_a_run_shows_a_steps_bar_uses_the_optimizer_flags_and_ends_with_a_final_
     assert math.isclose(group["lr"], (scaled - lr_end) * (1 - 2 / 3) ** 2 + lr_end, rel_tol=1e-6)
     assert (out / "logs" / "my-project").is_dir()
 
-    assert Image.open(out / "validation" / "step-000002.png").size == (4 * 32, 32)  # 1 of the 2 images
+    # 1 of the 2 images: one row of 4 labelled panels, enlarged from 32 px to 256 px (the package's grid)
+    width, height = Image.open(out / "validation" / "step-000002.png").size
+    assert width == 4 * 256 and 256 < height < 2 * 256
     final = np.asarray(Image.open(out / "validation" / "final.png"))
-    assert final.shape == (32, 4 * 32, 3) and "final at step 3" in log
+    assert final.shape == (height, width, 3) and "final at step 3" in log
     card = (out / "README.md").read_text()
     assert "![validation](validation.png)" in card
     assert np.array_equal(np.asarray(Image.open(out / "validation.png")), final)  # the card shows the final grid

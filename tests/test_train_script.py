@@ -309,7 +309,7 @@ def test_direct_mode_starts_from_the_restorer_with_osediffs_loss(workspace):
         pipe.load_adapter_set(workspace / folder, role="restorer")
         outputs.append(pipe(image, use_projector=False, output_type="pt", color_fix=None).images)
     assert torch.equal(outputs[0], outputs[1])
-    fresh = script.parse_args(args + ["--direct_init", "base"])
+    fresh = script.parse_args(args + ["--direct_init", "base", "--overwrite_output_dir"])
     assert fresh.direct_init == "base"
 
 
