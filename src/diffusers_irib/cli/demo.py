@@ -15,7 +15,16 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
-from .common import add_common_arguments, int_in, make_parser, resolve_device, resolve_dtype, run_guarded, seed_value
+from .common import (
+    add_common_arguments,
+    int_in,
+    make_parser,
+    path_arg,
+    resolve_device,
+    resolve_dtype,
+    run_guarded,
+    seed_value,
+)
 from .files import PlannedFile, check_output_dir, check_plan, save_image
 from .images import bundled_image_path, center_crop_resize, load_image, pil_to_tensor, tensor_to_pil
 from .pipeline_args import (
@@ -61,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--output",
         "--output-dir",
         dest="output",
+        type=path_arg,
         default="irib-demo-output",
         help="Output folder (default irib-demo-output).",
     )
