@@ -396,7 +396,7 @@ def test_a_stray_folder_in_adapter_sets_does_not_break_loading(pipe, tmp_path, c
 
 
 def test_upscale_is_bounded_as_the_cli_bounds_it(pipe):
-    with pytest.raises(ValueError, match=r"upscale must be a number in \(0, 16\], got 1000"):
+    with pytest.raises(ValueError, match=r"upscale must be a finite number in \(0, 16\], got 1000"):
         pipe(smooth(0), upscale=1000, output_type="pt")
     with pytest.raises(ValueError, match=r"upscale=16 would make it 8192x16384, more than 8192 px a side"):
         pipe(torch.zeros(3, 1024, 512), upscale=16, output_type="pt")

@@ -427,7 +427,7 @@ class IRIBRestorationPipeline(DiffusionPipeline):
         if not isinstance(use_projector, bool):
             raise TypeError(f"use_projector must be True or False, got {use_projector!r}")
         if not isinstance(upscale, (int, float)) or isinstance(upscale, bool) or not 0 < upscale <= MAX_UPSCALE:
-            raise ValueError(f"upscale must be a number in (0, {MAX_UPSCALE:g}], got {upscale!r}")
+            raise ValueError(f"upscale must be a finite number in (0, {MAX_UPSCALE:g}], got {upscale!r}")
         if color_fix is not None and color_fix not in COLOR_FIXES:
             raise ValueError(f"color_fix must be one of {sorted(COLOR_FIXES)} or None, got {color_fix!r}")
         if output_type not in OUTPUT_TYPES:
