@@ -21,14 +21,33 @@ OUTPUT_TYPES = ("pil", "np", "pt")
 
 
 # --------------------------------------------------------------------------- input conversion
+#: The white level of a mode-I or mode-F gray image, from its largest value: floats in [0, 1], 8-bit
+#: data or 16-bit data (what a 16-bit PNG or TIFF holds once converted to I or F).
+GRAY_WHITE_LEVELS = (1.0, 255.0, 65535.0)
+
+
+def gray_white_level(image: PIL.Image.Image, array: np.ndarray) -> float:
+    """I;16 images are 16-bit by definition; I and F carry no range, so the smallest of
+    :data:`GRAY_WHITE_LEVELS` that holds every value is taken (F: 1, 255 or 65535; I: 255 or 65535).
+    Values no such range holds (negative, above 65535, NaN) are refused rather than clipped."""
+    if image.mode.startswith("I;16"):
+        return 65535.0
+    low, high = (float(array.min()), float(array.max())) if array.size else (0.0, 0.0)
+    levels = GRAY_WHITE_LEVELS if image.mode == "F" else GRAY_WHITE_LEVELS[1:]
+    if not (np.isfinite(array).all() and low >= 0 and high <= levels[-1]):
+        raise ValueError(
+            f"image: a mode-{image.mode} image must hold values in [0, 65535] ([0, 1], 8-bit or 16-bit data), "
+            f"got [{low:g}, {high:g}]; scale it to [0, 1] and pass a float array instead"
+        )
+    return next(level for level in levels if high <= level)
+
+
 def to_rgb(image: PIL.Image.Image) -> PIL.Image.Image:
-    """Any PIL mode to 8-bit RGB: 16-bit and 32-bit gray are scaled down, alpha goes on white."""
+    """Any PIL mode to 8-bit RGB: 16-bit and 32-bit gray are scaled by their white level
+    (:func:`gray_white_level`), alpha goes on white."""
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         array = np.asarray(image, dtype=np.float64)
-        if image.mode == "F":
-            peak = 1.0 if array.max(initial=0) <= 1.0 else 255.0
-        else:
-            peak = 65535.0 if image.mode.startswith("I;16") or array.max(initial=0) > 255 else 255.0
+        peak = gray_white_level(image, array)
         image = PIL.Image.fromarray(np.clip(array / peak * 255.0 + 0.5, 0, 255).astype(np.uint8))
     if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (image.mode == "P" and "transparency" in image.info):
         rgba = image.convert("RGBA")

@@ -68,7 +68,9 @@ ScoreFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def gaussian_kernel1d(sigma: float, dtype: torch.dtype = torch.float32, device=None) -> torch.Tensor:
-    """Normalised 1-D Gaussian of std ``sigma`` with 2 * ceil(3 * sigma) + 1 taps."""
+    """Normalised 1-D Gaussian of std ``sigma`` (> 0) with 2 * ceil(3 * sigma) + 1 taps."""
+    if not isinstance(sigma, (int, float)) or isinstance(sigma, bool) or not 0 < sigma < math.inf:
+        raise ValueError(f"sigma must be a positive, finite number of pixels, got {sigma!r}")
     radius = math.ceil(3 * sigma)
     x = torch.arange(-radius, radius + 1, dtype=torch.float64)
     kernel = torch.exp(-(x**2) / (2 * sigma**2))
@@ -178,10 +180,32 @@ def hq_fidelity_loss(
 # --------------------------------------------------------------------------------------------
 
 
+def check_timestep_range(timestep_range: Any, num_train_timesteps: Optional[int] = None) -> tuple[int, int]:
+    """Integers 0 <= low <= high (< the schedule's length when given): a negative timestep indexed the
+    noise schedule from its end, and one past it failed deep inside the scheduler."""
+    pair = tuple(timestep_range) if isinstance(timestep_range, (tuple, list)) else None
+    top = "" if num_train_timesteps is None else f" <= {num_train_timesteps - 1}"
+    if (
+        pair is None
+        or len(pair) != 2
+        or not all(isinstance(t, int) and not isinstance(t, bool) for t in pair)
+        or not 0 <= pair[0] <= pair[1]
+        or (num_train_timesteps is not None and pair[1] >= num_train_timesteps)
+    ):
+        raise ValueError(f"timestep_range must be integers 0 <= low <= high{top}, got {timestep_range!r}")
+    return pair
+
+
+def _schedule_length(scheduler: Any) -> Optional[int]:
+    alphas = getattr(scheduler, "alphas_cumprod", None)
+    return len(alphas) if alphas is not None else None
+
+
 def sample_timesteps(
     batch: int, low: int, high: int, device, generator: Optional[torch.Generator] = None
 ) -> torch.Tensor:
     """``batch`` integer timesteps uniform in [low, high], drawn on the CPU (same on every device)."""
+    check_timestep_range((low, high))
     return torch.randint(low, high + 1, (batch,), generator=generator).to(device)
 
 
@@ -218,6 +242,7 @@ def prior_loss(
     latents is 2 * grad / latents.numel(); with ``literal_eq17=True`` the printed form
     0.5 * MSE(...), gradient grad / latents.numel().
     """
+    check_timestep_range(timestep_range, _schedule_length(scheduler))
     batch = latents.shape[0]
     lat = latents.float()
     with torch.no_grad():
@@ -254,6 +279,7 @@ def regularizer_loss(
     generator: Optional[torch.Generator] = None,
 ) -> torch.Tensor:
     """The fake score's own loss: epsilon prediction on the generator's detached latents."""
+    check_timestep_range(timestep_range, _schedule_length(scheduler))
     lat = latents.detach().float()
     t = sample_timesteps(lat.shape[0], *timestep_range, device=lat.device, generator=generator)
     noise = _noise_like(lat, generator)

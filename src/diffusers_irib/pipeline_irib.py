@@ -7,12 +7,16 @@ one-step models (:mod:`diffusers_irib.one_step`); the active set is switched by 
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
+import functools
 import inspect
 import json
-import math
+import logging
 import os
-from collections.abc import Callable
+import threading
+import weakref
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Optional, Union
 
@@ -45,6 +49,7 @@ from .one_step import predict_noise
 from .prompts import check_prompts, encode_text
 
 ADAPTER_SETS_DIR = "adapter_sets"
+_ADAPTER_SET_FILES = (adapters.ADAPTER_SET_CONFIG_NAME, adapters.LORA_WEIGHT_NAME)
 # Hub options that describe the session (where the cache is, who is asking), not a repo's version.
 _HUB_SESSION_KEYS = ("cache_dir", "token", "local_files_only", "proxies", "force_download")
 
@@ -66,6 +71,60 @@ from diffusers_irib.pipeline_irib import IRIBRestorationPipeline  # noqa: F401
 '''
 # Set while IRIBRestorationPipeline.from_pretrained runs: it loads the saved adapter sets itself.
 _LOADING_OWN_WAY: contextvars.ContextVar[bool] = contextvars.ContextVar("irib_loading_own_way", default=False)
+#: ``upscale`` is bounded as irib-restore bounds ``--upscale``: a larger factor only allocates huge tensors.
+MAX_UPSCALE = 16.0
+#: The largest side (pixels) an image may reach through ``upscale`` > 1 (irib-restore's limit too).
+MAX_UPSCALED_SIDE = 8192
+
+logger = logging.getLogger(__name__)
+
+
+class NonFiniteOutputError(RuntimeError):
+    """A call produced NaN or infinite values; the message names the component where they first appeared."""
+
+
+# One lock per UNet: adapter sets are switched on the shared UNet/VAE, so two calls (of one pipeline, or
+# of two pipelines built on the same components) must never interleave.
+_UNET_LOCKS: weakref.WeakKeyDictionary[torch.nn.Module, threading.RLock] = weakref.WeakKeyDictionary()
+_UNET_LOCKS_GUARD = threading.Lock()
+
+
+def _unet_lock(unet: torch.nn.Module) -> threading.RLock:
+    unet = adapters.unwrap_model(unet, "unet")
+    with _UNET_LOCKS_GUARD:
+        lock = _UNET_LOCKS.get(unet)
+        if lock is None:
+            lock = _UNET_LOCKS[unet] = threading.RLock()
+        return lock
+
+
+def _one_at_a_time(method: Callable) -> Callable:
+    """Serialise the method with every other call that switches adapter sets on this pipeline's UNet."""
+
+    @functools.wraps(method)
+    def serialised(self, *args, **kwargs):
+        with _unet_lock(self.unet):
+            return method(self, *args, **kwargs)
+
+    return serialised
+
+
+def _python_number(value: Any) -> Any:
+    """numpy integer and float scalars as Python numbers (``np.int64(2)`` is a fine ``lfo_steps``);
+    anything else (numpy bools included) unchanged, for check_inputs to judge."""
+    if isinstance(value, np.generic) and isinstance(value, (np.integer, np.floating)):
+        return value.item()
+    return value
+
+
+def _first_tensor(output: Any) -> Optional[torch.Tensor]:
+    if isinstance(output, torch.Tensor):
+        return output
+    if hasattr(output, "to_tuple"):
+        output = output.to_tuple()
+    if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
+        return output[0]
+    return None
 
 
 @dataclass
@@ -127,11 +186,18 @@ def _saved_adapter_sets(pretrained_model_name_or_path: str, hub_kwargs: dict) ->
     sets_dir = os.path.join(root, ADAPTER_SETS_DIR)
     if not os.path.isdir(sets_dir):
         return {}
-    return {
-        role: os.path.join(sets_dir, role)
-        for role in sorted(os.listdir(sets_dir))
-        if os.path.isdir(os.path.join(sets_dir, role))
-    }
+    # Only folders that hold a set: a notebook's .ipynb_checkpoints, an editor's backup or any other
+    # stray folder must not make a valid save unloadable (hidden ones are skipped without a word).
+    found = {}
+    for role in sorted(os.listdir(sets_dir)):
+        folder = os.path.join(sets_dir, role)
+        if role.startswith(".") or not os.path.isdir(folder):
+            continue
+        if not any(os.path.isfile(os.path.join(folder, name)) for name in _ADAPTER_SET_FILES):
+            logger.warning("ignoring %s: it holds no adapter set (no %s)", folder, " or ".join(_ADAPTER_SET_FILES))
+            continue
+        found[role] = folder
+    return found
 
 
 class IRIBRestorationPipeline(DiffusionPipeline):
@@ -143,6 +209,11 @@ class IRIBRestorationPipeline(DiffusionPipeline):
         tokenizer ([`CLIPTokenizer`]): its tokenizer.
         unet ([`UNet2DConditionModel`]): the SD2.1-base UNet holding the adapter sets.
         scheduler: any scheduler with ``alphas_cumprod`` (only the noise schedule is used).
+
+    Threads: calls run one at a time. Every call switches adapter sets on the one shared UNet/VAE,
+    so a call (and adding, loading, deleting or fusing a set) waits for the one in progress, also
+    across pipelines built on the same UNet. For parallel restores use one pipeline (one UNet) per
+    thread or device.
     """
 
     model_cpu_offload_seq = "text_encoder->unet->vae"
@@ -161,6 +232,7 @@ class IRIBRestorationPipeline(DiffusionPipeline):
         self.prompt_extractor: Optional[Callable[[list[PIL.Image.Image]], list[str]]] = None
 
     # ------------------------------------------------------------------ adapter sets
+    @_one_at_a_time
     def add_adapter_set(
         self, role: str, rank: int = 4, alpha: Optional[float] = None, **kwargs
     ) -> adapters.AdapterSetConfig:
@@ -168,6 +240,7 @@ class IRIBRestorationPipeline(DiffusionPipeline):
         rank 4, alpha 2 x rank, gaussian init) and activate it. See :func:`adapters.add_adapter_set`."""
         return adapters.add_adapter_set(self.unet, self.vae, role, rank=rank, alpha=alpha, **kwargs)
 
+    @_one_at_a_time
     def load_adapter_set(
         self, path_or_repo_id: Union[str, os.PathLike], role: Optional[str] = None, **kwargs
     ) -> adapters.AdapterSetConfig:
@@ -186,6 +259,7 @@ class IRIBRestorationPipeline(DiffusionPipeline):
         (``config`` may add e.g. the degradation preset a projector was trained on) and a model card."""
         return adapters.save_adapter_set(self.unet, self.vae, role, save_directory, config)
 
+    @_one_at_a_time
     def delete_adapter_set(self, role: str) -> None:
         adapters.delete_adapter_set(self.unet, self.vae, role)
 
@@ -194,10 +268,12 @@ class IRIBRestorationPipeline(DiffusionPipeline):
         set keeps its declared trainability, even if the body raises."""
         return adapters.use_adapter_set(self.unet, self.vae, role)
 
+    @_one_at_a_time
     def set_adapter_set_trainable(self, role: str, trainable: bool) -> None:
         """Declare whether ``role``'s parameters are trained (kept through every switch)."""
         adapters.set_adapter_set_trainable(self.unet, self.vae, role, trainable)
 
+    @_one_at_a_time
     def fuse_adapter_set(self, role: str = "restorer") -> None:
         """Merge a frozen set into the base weights for speed (as OSEDiff's ``--merge_and_unload_lora``).
 
@@ -206,6 +282,7 @@ class IRIBRestorationPipeline(DiffusionPipeline):
         """
         adapters.fuse_adapter_set(self.unet, self.vae, role)
 
+    @_one_at_a_time
     def unfuse_adapter_set(self) -> None:
         adapters.unfuse_adapter_set(self.unet, self.vae)
 
@@ -390,7 +467,8 @@ class IRIBRestorationPipeline(DiffusionPipeline):
         return self.vae_scale_factor * 2**unet_levels
 
     def check_image_sizes(self, images: list[torch.Tensor], upscale: float) -> None:
-        """Refuse images whose upscaled short side is below :attr:`min_image_size` (they gave NaN)."""
+        """Refuse images whose upscaled short side is below :attr:`min_image_size` (they gave NaN), or
+        whose long side ``upscale`` > 1 would take beyond ``MAX_UPSCALED_SIDE`` (a huge allocation)."""
         floor = max(self.min_image_size, 2)  # the AdaIN colour fix needs 2 pixels for a variance
         for i, t in enumerate(images):
             h, w = t.shape[-2:]
@@ -401,6 +479,11 @@ class IRIBRestorationPipeline(DiffusionPipeline):
                     f"image {i} is {w}x{h}{scaled}: the pipeline restores images of at least {floor} px a side "
                     f"(the VAE downsamples by {self.vae_scale_factor}, the UNet by {floor // self.vae_scale_factor}); "
                     "upscale it first or pass a larger upscale"
+                )
+            if upscale > 1 and max(size) > MAX_UPSCALED_SIDE:
+                raise ValueError(
+                    f"image {i} is {w}x{h}: upscale={upscale:g} would make it {size[1]}x{size[0]}, more than "
+                    f"{MAX_UPSCALED_SIDE} px a side; lower upscale"
                 )
 
     @staticmethod
@@ -447,8 +530,8 @@ class IRIBRestorationPipeline(DiffusionPipeline):
             raise TypeError(f"restorer must be a callable or a diffusers pipeline, got {type(restorer).__name__}")
         if not isinstance(use_projector, bool):
             raise TypeError(f"use_projector must be True or False, got {use_projector!r}")
-        if not isinstance(upscale, (int, float)) or isinstance(upscale, bool) or not 0 < upscale < math.inf:
-            raise ValueError(f"upscale must be a positive, finite number, got {upscale!r}")
+        if not isinstance(upscale, (int, float)) or isinstance(upscale, bool) or not 0 < upscale <= MAX_UPSCALE:
+            raise ValueError(f"upscale must be a finite number in (0, {MAX_UPSCALE:g}], got {upscale!r}")
         if color_fix is not None and color_fix not in COLOR_FIXES:
             raise ValueError(f"color_fix must be one of {sorted(COLOR_FIXES)} or None, got {color_fix!r}")
         if output_type not in OUTPUT_TYPES:
@@ -475,6 +558,7 @@ class IRIBRestorationPipeline(DiffusionPipeline):
             )
 
     # ------------------------------------------------------------------ call
+    @_one_at_a_time
     @torch.no_grad()
     def __call__(
         self,
@@ -514,7 +598,8 @@ class IRIBRestorationPipeline(DiffusionPipeline):
             use_projector (`bool`, defaults to True): False runs the restorer alone on the input (the
                 paper's "pretrained" baseline); no projector set is needed then.
             upscale (`float`, defaults to 1.0): bicubic pre-upscale of the input (the one-step models
-                restore at the input resolution, as OSEDiff).
+                restore at the input resolution, as OSEDiff); at most 16, and an upscaled image at most
+                8192 px a side (as irib-restore).
             color_fix (`str`, *optional*, defaults to "adain"): "adain", "wavelet" or None; matches the
                 output's colours to the restorer's input.
             generator (`torch.Generator` or a list of them, *optional*): sample the VAE posterior with it
@@ -527,8 +612,15 @@ class IRIBRestorationPipeline(DiffusionPipeline):
             tile_overlap (`int`, *optional*): overlap of neighbouring tiles in pixels; defaults to a
                 third of ``tile_size`` (OSEDiff: 768 px tiles, 256 px overlap).
             return_intermediates (`bool`, defaults to False): also return every round's LQ proxy.
+
+        Raises:
+            NonFiniteOutputError: the projector or the restorer produced NaN/inf (e.g. NaN in the
+                weights); the message names the component where the values first appeared.
         """
-        # 1. Check inputs
+        # 1. Check inputs (numpy scalars count as the Python numbers they hold)
+        lfo_steps, upscale, tile_size, tile_overlap = map(
+            _python_number, (lfo_steps, upscale, tile_size, tile_overlap)
+        )
         prompt_extractor = prompt_extractor if prompt_extractor is not None else self.prompt_extractor
         if lfo_steps is None:  # LFO refines the projector's prompt: nothing to refine without it
             lfo_steps = DEFAULT_LFO_STEPS if use_projector else 0
@@ -658,7 +750,7 @@ class IRIBRestorationPipeline(DiffusionPipeline):
 
         alphas = self.scheduler.alphas_cumprod
         try:
-            with self.progress_bar(total=rounds) as progress:
+            with self.progress_bar(total=rounds) as progress, self._watch_non_finite() as first_non_finite:
                 # 4. Projector f with Look Forward Once (eqs. 20-22): encode the ELQ image once;
                 #    round 1 is prompted from the ELQ image, every later round from the last LQ proxy
                 lq = elq
@@ -675,6 +767,7 @@ class IRIBRestorationPipeline(DiffusionPipeline):
                         if keep_intermediates:
                             intermediates.append(crop01(lq).cpu())
                         progress.update()
+                    self._check_finite(lq, "projector", first_non_finite)
                 # 5. Restorer g on the LQ proxy, prompted from the LQ proxy
                 lq01 = crop01(lq)
                 prompts = self._extract_prompts(extractor, lq01, user_prompt)
@@ -682,6 +775,7 @@ class IRIBRestorationPipeline(DiffusionPipeline):
                 if restorer is None:
                     embeds = self.encode_prompt(prompts, device, cache)
                     out = irib.restore(self.unet, self.vae, alphas, lq, embeds, generator, noise_fn=noise_fn)
+                    self._check_finite(out.images, "restorer", first_non_finite)
                     hq01 = crop01(out.images)
                 else:
                     hq01 = self._run_plug_and_play(restorer, lq01, prompts)
@@ -700,6 +794,52 @@ class IRIBRestorationPipeline(DiffusionPipeline):
                 )
             hq01 = COLOR_FIXES[color_fix](hq01, reference)
         return {"hq": hq01, "lq": lq01, "prompts": prompts_per_round, "intermediates": intermediates}
+
+    # ------------------------------------------------------------------ non-finite values
+    @contextlib.contextmanager
+    def _watch_non_finite(self) -> Iterator[dict]:
+        """Note the first component whose output holds NaN/inf (and the adapter set it ran under), so a
+        non-finite result can name where it came from (NaN in the weights gave black images silently)."""
+        first: dict = {}
+        parts = (
+            ("text encoder", self.text_encoder),
+            ("VAE encoder", getattr(self.vae, "encoder", None)),
+            ("UNet", self.unet),
+            ("VAE decoder", getattr(self.vae, "decoder", None)),
+        )
+
+        def watch(component: str):
+            def hook(module, inputs, output) -> None:
+                tensor = None if first else _first_tensor(output)
+                if tensor is not None and tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                    first["component"] = component
+                    if component != "text encoder":
+                        with contextlib.suppress(ValueError):
+                            first["role"] = adapters.get_active_adapter_set(self.unet, self.vae)
+
+            return hook
+
+        handles = [m.register_forward_hook(watch(name)) for name, m in parts if isinstance(m, torch.nn.Module)]
+        try:
+            yield first
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    @staticmethod
+    def _check_finite(images: torch.Tensor, stage: str, first: dict) -> None:
+        """Refuse a stage's non-finite output, naming the component where NaN/inf first appeared."""
+        if bool(torch.isfinite(images).all()):
+            return
+        where = "in the pipeline's own arithmetic"
+        if first:
+            role = first.get("role")
+            under = f" (adapter set {role!r})" if role else " (no adapter set)" if "role" in first else ""
+            where = f"first in the {first['component']}{under}"
+        raise NonFiniteOutputError(
+            f"the {stage} produced NaN/inf values, {where}: its weights (the base model or an adapter set) hold "
+            "non-finite values, or its dtype overflowed (try float32). No image is returned"
+        )
 
     @staticmethod
     def _run_plug_and_play(restorer, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:

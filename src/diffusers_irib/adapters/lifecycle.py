@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from .checkpointing import set_layer_state
-from .config import INIT_VALUES, AdapterSetConfig, check_role_name
+from .config import INIT_VALUES, AdapterSetConfig, check_flag, check_role_name
 from .conv_in import CONV_IN, conv_in_lora_options, patch_extractor
 from .registry import (
     AdapterSetRecord,
@@ -120,6 +120,7 @@ def install_adapter_set(
     initialises the factors. Base weights of a model's first adapter get frozen (as peft does).
     """
     role = config.role
+    trainable = check_flag("trainable", trainable)
     previous = [
         (layer, list(layer.active_adapters), bool(layer.disable_adapters))
         for model in (unet, vae)
@@ -149,7 +150,7 @@ def install_adapter_set(
             for name, p in model.named_parameters():
                 if not any(part.startswith("lora_") for part in name.split(".")):
                     p.requires_grad_(False)
-    records(unet)[role] = AdapterSetRecord(config=config, trainable=bool(trainable))
+    records(unet)[role] = AdapterSetRecord(config=config, trainable=trainable)
     set_adapter_set(unet, vae, role)
 
 
@@ -194,6 +195,7 @@ def add_adapter_set(
     """
     unet, vae = unwrap_model(unet, "unet"), unwrap_model(vae, "vae")
     check_role_name(role)
+    trainable, conv_in = check_flag("trainable", trainable), check_flag("conv_in", conv_in)
     if role in records(unet) or role in peft_config(unet) or role in peft_config(vae):
         raise ValueError(f"adapter set {role!r} already exists; delete it first or pick another role")
     if init not in INIT_VALUES:

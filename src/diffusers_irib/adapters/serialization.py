@@ -31,6 +31,7 @@ from .config import (
     LORA_WEIGHT_NAME,
     MODEL_CARD_NAME,
     AdapterSetConfig,
+    check_flag,
     check_role_name,
 )
 from .conv_in import CONV_IN, CONV_IN_PATTERN, full_rank
@@ -97,8 +98,6 @@ def write_adapter_set(
     model_card: bool = True,
 ) -> str:
     """Write the three files of a set folder from prefixed tensors and per-part LoraConfig dicts."""
-    from safetensors.torch import save_file
-
     from ..model_card import adapter_set_model_card
 
     save_directory = os.fspath(save_directory)
@@ -114,11 +113,30 @@ def write_adapter_set(
     # All files are written, then moved in together: a failure (full disk, unwritable folder) leaves
     # the previous set whole, never new weights beside an old config.
     with staged_folder(save_directory) as staging:
-        save_file(tensors, os.path.join(staging, weight_name), metadata=header)
+        _save_safetensors(tensors, os.path.join(staging, weight_name), header)
         config.to_json_file(os.path.join(staging, ADAPTER_SET_CONFIG_NAME))
         if model_card:
             adapter_set_model_card(config).save(os.path.join(staging, MODEL_CARD_NAME))
     return save_directory
+
+
+_IO_ERROR_CODE = re.compile(r"IoError\(Os \{ code: (\d+)")
+
+
+def _save_safetensors(tensors: dict[str, torch.Tensor], path: str, metadata: dict[str, str]) -> None:
+    """safetensors' ``save_file``, with a failed write (a full disk, a read-only folder) raised as the
+    OSError it is: safetensors reports it as ``SafetensorError("... IoError(Os { code: 28 ...")``."""
+    from safetensors import SafetensorError
+    from safetensors.torch import save_file
+
+    try:
+        save_file(tensors, path, metadata=metadata)
+    except SafetensorError as err:
+        found = _IO_ERROR_CODE.search(str(err))
+        if found is None:
+            raise
+        code = int(found.group(1))
+        raise OSError(code, os.strerror(code), path) from err
 
 
 def check_finite(tensors: dict[str, torch.Tensor], what: str) -> None:
@@ -437,6 +455,7 @@ def load_adapter_set(
     any mismatch raises ValueError. The set is frozen unless ``trainable``. The global RNG is left
     untouched.
     """
+    trainable = check_flag("trainable", trainable)
     unet, vae = unwrap_model(unet, "unet"), unwrap_model(vae, "vae")
     path_or_repo_id = os.fspath(path_or_repo_id)
     if os.path.isdir(path_or_repo_id):  # a save killed half-way is rolled back first

@@ -17,7 +17,7 @@ from typing import Any, Optional
 from torch import nn
 
 from .checkpointing import make_checkpointing_adapter_aware, set_layer_state
-from .config import AdapterSetConfig
+from .config import AdapterSetConfig, check_flag
 from .registry import copy_config, peft_config, records, require_role, structure, tuner_layers, unwrap_model
 
 __all__ = [
@@ -105,11 +105,12 @@ def reassert_trainability(unet: nn.Module, vae: Optional[nn.Module]) -> None:
 
 def set_adapter_set_trainable(unet: nn.Module, vae: Optional[nn.Module], role: str, trainable: bool) -> None:
     """Declare whether ``role`` is trained; every later switch keeps it that way."""
+    trainable = check_flag("trainable", trainable)
     unet, vae = _models(unet, vae)
     record = require_role(unet, role)
     if trainable and fused_adapter_set(unet, vae) == role:
         raise ValueError(f"adapter set {role!r} is fused into the base weights: unfuse it before training it")
-    record.trainable = bool(trainable)
+    record.trainable = trainable
     reassert_trainability(unet, vae)
 
 

@@ -105,6 +105,14 @@ def add_common_arguments(parser: argparse.ArgumentParser, overwrite: bool = True
 
 
 # --------------------------------------------------------------------------- argument types
+def path_arg(text: str) -> str:
+    """An argparse type for a file or folder path: an empty one (``-o ""``, an unset variable in a
+    script) would silently mean the current folder, so it is refused; ``.`` says that on purpose."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"empty path {text!r}: give a file or folder (. for the current folder)")
+    return text
+
+
 def int_in(low: int, high: int, multiple_of: int = 1) -> Callable[[str], int]:
     """An argparse type: a base-10 integer in [low, high] (optionally a multiple of something)."""
 

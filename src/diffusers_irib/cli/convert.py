@@ -15,7 +15,7 @@ import os
 import sys
 from pathlib import Path
 
-from .common import CLIError, add_common_arguments, first_line, make_parser, run_guarded
+from .common import CLIError, add_common_arguments, first_line, make_parser, path_arg, run_guarded
 from .files import PlannedFile, check_output_dir, check_plan
 from .models import DEFAULT_BASE_MODEL
 
@@ -25,8 +25,10 @@ WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
 
 def build_parser() -> argparse.ArgumentParser:
     parser = make_parser(PROG, __doc__)
-    parser.add_argument("osediff_pkl", metavar="OSEDIFF_PKL", help="OSEDiff's osediff.pkl.")
-    parser.add_argument("output_dir", metavar="OUTPUT_DIR", help="Folder for the adapter set (created).")
+    parser.add_argument("osediff_pkl", metavar="OSEDIFF_PKL", type=path_arg, help="OSEDiff's osediff.pkl.")
+    parser.add_argument(
+        "output_dir", metavar="OUTPUT_DIR", type=path_arg, help="Folder for the adapter set (created)."
+    )
     parser.add_argument(
         "--base",
         default=DEFAULT_BASE_MODEL,

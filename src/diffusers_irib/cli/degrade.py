@@ -24,6 +24,7 @@ from .common import (
     int_in,
     is_safe_name,
     make_parser,
+    path_arg,
     resolve_device,
     run_guarded,
     seed_value,
@@ -64,6 +65,7 @@ def degrade_parser() -> argparse.ArgumentParser:
         "--output",
         "--output-dir",
         dest="output",
+        type=path_arg,
         default=None,
         help="Output folder (default irib-degrade-output; irib-demo-output with --demo).",
     )

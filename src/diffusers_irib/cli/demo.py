@@ -15,7 +15,16 @@ import sys
 from pathlib import Path
 
 from ..grids import GRID_COLUMNS, comparison_grid
-from .common import add_common_arguments, int_in, make_parser, resolve_device, resolve_dtype, run_guarded, seed_value
+from .common import (
+    add_common_arguments,
+    int_in,
+    make_parser,
+    path_arg,
+    resolve_device,
+    resolve_dtype,
+    run_guarded,
+    seed_value,
+)
 from .files import PlannedFile, check_output_dir, check_plan, save_image
 from .images import bundled_image_path, center_crop_resize, load_image, pil_to_tensor
 from .pipeline_args import (
@@ -43,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--output",
         "--output-dir",
         dest="output",
+        type=path_arg,
         default="irib-demo-output",
         help="Output folder (default irib-demo-output).",
     )

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .common import CLIError, WriteError
+from .common import CLIError, WriteError, path_arg
 
 MAX_LISTED = 5  # files named in one message before "and N more"
 IMAGE_FORMATS = {
@@ -36,12 +36,15 @@ IMAGE_EXTENSIONS = tuple(IMAGE_FORMATS)  # what folders and glob patterns pick u
 # --------------------------------------------------------------------------- inputs
 def add_input_arguments(parser: argparse.ArgumentParser) -> None:
     """Positional ``IMAGE`` arguments and repeatable ``-i/--input``: files, folders or glob patterns."""
-    parser.add_argument("images", nargs="*", metavar="IMAGE", help="Image files, folders or glob patterns (as -i).")
+    parser.add_argument(
+        "images", nargs="*", metavar="IMAGE", type=path_arg, help="Image files, folders or glob patterns (as -i)."
+    )
     parser.add_argument(
         "-i",
         "--input",
         action="append",
         default=[],
+        type=path_arg,
         metavar="PATH",
         help="An image file, a folder of images or a glob pattern; repeatable.",
     )

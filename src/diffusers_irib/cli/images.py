@@ -63,7 +63,10 @@ def load_image(path: str | os.PathLike) -> Image.Image:
                 upright = ImageOps.exif_transpose(image)
         except (OSError, SyntaxError, ValueError) as err:
             raise ValueError(f"cannot read image {str(path)!r}: not a readable image ({err})") from None
-        return to_rgb(upright)
+        try:
+            return to_rgb(upright)
+        except ValueError as err:  # gray values outside any range the mode can mean
+            raise ValueError(f"cannot read image {str(path)!r}: {str(err).removeprefix('image: ')}") from None
 
 
 def center_crop_resize(image: Image.Image, size: int) -> Image.Image:

@@ -18,7 +18,7 @@ import hashlib
 import sys
 from pathlib import Path
 
-from .common import CLIError, add_common_arguments, int_in, make_parser, run_guarded, seed_value
+from .common import CLIError, add_common_arguments, int_in, make_parser, path_arg, run_guarded, seed_value
 from .degrade import Preset, resolve_preset
 from .files import PlannedFile, check_output_dir, check_plan, expand_inputs, save_image, save_json
 from .images import center_crop_resize, load_image, pil_to_tensor, tensor_to_pil
@@ -29,8 +29,8 @@ RECORD_NAME = "degradations.json"
 
 def build_parser() -> argparse.ArgumentParser:
     parser = make_parser(PROG, __doc__)
-    parser.add_argument("source", metavar="SRC", help="A folder of images or a glob pattern.")
-    parser.add_argument("output", metavar="OUT", help="The test-set folder to write.")
+    parser.add_argument("source", metavar="SRC", type=path_arg, help="A folder of images or a glob pattern.")
+    parser.add_argument("output", metavar="OUT", type=path_arg, help="The test-set folder to write.")
     parser.add_argument("--preset", default="elq", metavar="elq|lq|CONFIG.json", help="Degradation (default elq).")
     parser.add_argument("--also-lq", action="store_true", help="Also write the LQ version (preset lq) of every image.")
     parser.add_argument("--seed", type=seed_value, default=0, help="Base seed, 0 to 2**63 - 1 (default 0).")

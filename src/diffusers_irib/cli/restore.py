@@ -25,6 +25,7 @@ from .common import (
     first_line,
     float_in,
     make_parser,
+    path_arg,
     resolve_device,
     resolve_dtype,
     run_guarded,
@@ -87,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--output",
         "--output-dir",
         dest="output",
+        type=path_arg,
         default="irib-restore-output",
         help="Output folder (default irib-restore-output).",
     )

@@ -25,6 +25,7 @@ from ..defaults import DEFAULT_LFO_STEPS
 from .common import (
     CLIError,
     add_common_arguments,
+    fail,
     float_in,
     int_in,
     make_parser,
@@ -134,8 +135,21 @@ def args_from_env(environ: Mapping[str, str] | None = None) -> list[str]:
             argv += [flag, environ[name]]
     if environ.get("IRIB_TINY", "").lower() in ("1", "true", "yes"):
         argv.append("--tiny")
-    argv += shlex.split(environ.get("IRIB_WEB_ARGS", ""))
+    try:
+        argv += shlex.split(environ.get("IRIB_WEB_ARGS", ""))
+    except ValueError as err:  # e.g. an unclosed quote
+        raise CLIError(f"IRIB_WEB_ARGS is not valid shell quoting ({err}): {environ['IRIB_WEB_ARGS']!r}") from None
     return argv
+
+
+def space_main(environ: Mapping[str, str] | None = None) -> int:
+    """A Hugging Face Space's entry point (examples/space/app.py): the page on 0.0.0.0:7860, set up from
+    IRIB_* variables; a bad variable ends in one line, as a bad flag does."""
+    try:
+        env_args = args_from_env(environ)
+    except CLIError as err:
+        fail(PROG, str(err), err.code)
+    return main(["--host", "0.0.0.0", "--port", "7860", *env_args])
 
 
 # --------------------------------------------------------------------------- models

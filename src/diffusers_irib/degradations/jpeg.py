@@ -14,6 +14,8 @@ quantisation); entropy coding is lossless and therefore skipped.
 from __future__ import annotations
 
 import math
+import numbers
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -164,6 +166,22 @@ def _upsample2(planes: torch.Tensor) -> torch.Tensor:
     return planes[:, :, :, None, :, None].expand(b, c, h, 2, w, 2).reshape(b, c, 2 * h, 2 * w)
 
 
+def _check_quality(quality: Any) -> None:
+    """Refuse a NaN/inf or out-of-range quality (NaN gave NaN tables, hence NaN images). Checked for
+    numbers and CPU tensors; a quality tensor on an accelerator is not read back (no host sync)."""
+    if isinstance(quality, torch.Tensor):
+        if quality.device.type != "cpu":
+            return
+        values = quality.detach().double().reshape(-1)
+    elif isinstance(quality, numbers.Real) and not isinstance(quality, bool):
+        values = torch.tensor([float(quality)], dtype=torch.float64)
+    else:
+        raise TypeError(f"quality must be a number or a tensor of numbers in [1, 100], got {type(quality).__name__}")
+    bad = ~(torch.isfinite(values) & (values >= 1) & (values <= 100))
+    if bool(bad.any()):
+        raise ValueError(f"JPEG quality must be in [1, 100], got {values[bad][0].item()!r}")
+
+
 def differentiable_jpeg(images: torch.Tensor, quality: torch.Tensor | float) -> torch.Tensor:
     """Simulate baseline 4:2:0 JPEG compression of a batch of RGB images.
 
@@ -180,6 +198,7 @@ def differentiable_jpeg(images: torch.Tensor, quality: torch.Tensor | float) -> 
     # Half precision is too coarse for 0..255 DCT arithmetic; compute in float32 instead.
     work = torch.float64 if out_dtype == torch.float64 else torch.float32
 
+    _check_quality(quality)
     quality = torch.as_tensor(quality, device=images.device)
     quality = quality.to(work if quality.is_floating_point() else torch.float32)
     quality = quality.reshape(-1).expand(b)  # a view: the caller's tensor stays untouched

@@ -23,8 +23,21 @@ def kernel_grid(kernel_size: int, device=None, dtype=torch.float32) -> tuple[tor
     return xx, yy
 
 
+def check_positive(name: str, values: torch.Tensor) -> None:
+    """Refuse a zero, negative or non-finite parameter, naming the value: a zero sigma divides by zero
+    and gave a NaN kernel, so NaN images, without a word."""
+    values = torch.as_tensor(values)
+    bad = ~(torch.isfinite(values) & (values > 0))
+    if bool(bad.any()):
+        raise ValueError(f"{name} must be a positive, finite number, got {values[bad].reshape(-1)[0].item()!r}")
+
+
 def inverse_covariance(sigma_x: torch.Tensor, sigma_y: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
     """Sigma^-1 = R diag(1/sx^2, 1/sy^2) R^T, shape (B, 2, 2); R rotates by theta."""
+    check_positive("sigma_x", sigma_x)
+    check_positive("sigma_y", sigma_y)
+    if not bool(torch.isfinite(torch.as_tensor(theta)).all()):
+        raise ValueError(f"theta must be finite, got {theta!r}")
     cos, sin = torch.cos(theta), torch.sin(theta)
     a, b = 1.0 / sigma_x**2, 1.0 / sigma_y**2
     xx = a * cos**2 + b * sin**2
@@ -63,6 +76,7 @@ def generalized_gaussian_kernel(
     kernel_size: int, sigma_x: torch.Tensor, sigma_y: torch.Tensor, theta: torch.Tensor, beta: torch.Tensor
 ) -> torch.Tensor:
     """exp(-0.5 m^beta), normalised; beta = 1 is the Gaussian, large beta tends to a flat disc."""
+    check_positive("beta", beta)
     m = mahalanobis_sq(kernel_size, sigma_x, sigma_y, theta)
     return normalize_kernel(torch.exp(-0.5 * m.pow(beta[:, None, None])))
 
@@ -71,6 +85,7 @@ def plateau_kernel(
     kernel_size: int, sigma_x: torch.Tensor, sigma_y: torch.Tensor, theta: torch.Tensor, beta: torch.Tensor
 ) -> torch.Tensor:
     """1 / (1 + m^beta), normalised: a flat top with heavy tails."""
+    check_positive("beta", beta)
     m = mahalanobis_sq(kernel_size, sigma_x, sigma_y, theta)
     return normalize_kernel(1.0 / (1.0 + m.pow(beta[:, None, None])))
 
@@ -81,6 +96,7 @@ def circular_lowpass_kernel(kernel_size: int, cutoff: torch.Tensor) -> torch.Ten
     h(r) = cutoff * J1(cutoff * r) / (2 pi r), with the limit cutoff^2 / (4 pi) at r = 0. It has
     negative lobes, which is what produces ringing and overshoot artefacts.
     """
+    check_positive("cutoff", cutoff)
     xx, yy = kernel_grid(kernel_size, cutoff.device, cutoff.dtype)
     r = torch.sqrt(xx**2 + yy**2)
     w = cutoff[:, None, None]

