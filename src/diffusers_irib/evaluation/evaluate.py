@@ -46,8 +46,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Optional
 
-from ..cli.common import CLIError, add_common_arguments, int_in, make_parser, path_arg, run_guarded
-from ..cli.pipeline_args import EXTRACTORS, build_extractor
+from ..utils.arguments import add_common_arguments, int_in, make_parser, path_arg
+from ..utils.errors import CLIError, run_guarded
+from ..utils.pipeline_arguments import EXTRACTORS, build_extractor
 from .paper import PAPER_METRICS, paper_caveat, paper_rows
 from .tables import markdown_table
 
@@ -385,7 +386,7 @@ def prepare_method_folder(folder: Path, record: dict, overwrite: bool, state) ->
         )
     state.wait_for_everyone()  # every process has checked before the folder changes
     if state.is_main_process:
-        from ..cli.files import save_json
+        from ..utils.output_files import save_json
 
         if mismatch:
             print(f"{folder}: --overwrite: restoring {len(existing)} image(s) again ({mismatch})")
@@ -400,8 +401,8 @@ def restore_method(pipe, method: str, names: list[str], args, plug, state, recor
     import torch
     from tqdm import tqdm
 
-    from ..cli.files import save_image
-    from ..cli.images import load_image, pil_to_tensor, tensor_to_pil
+    from ..utils.image_files import load_image, pil_to_tensor, tensor_to_pil
+    from ..utils.output_files import save_image
 
     folder = Path(args.output) / "images" / method
     proxies = Path(args.output) / LQ_PROXY_DIR / method  # kept for grid.png only
@@ -478,7 +479,7 @@ def method_fids(methods: list[str], names: list[str], args, device, unavailable:
 
 
 def score_images(method: str, names: list[str], args, functions: dict[str, Callable]) -> list[dict]:
-    from ..cli.images import load_image, pil_to_tensor
+    from ..utils.image_files import load_image, pil_to_tensor
 
     rows = []
     for name in names:
@@ -514,7 +515,7 @@ def summary_rows(
 
 
 def write_results(out: Path, per_image: list[dict], rows: list[dict], unavailable: dict, args) -> None:
-    from ..cli.files import save_json
+    from ..utils.output_files import save_json
 
     save_json({"rows": rows, "unavailable": unavailable, "testset": str(args.testset)}, out / "results.json",
               overwrite=True, indent=1)  # fmt: skip
@@ -566,8 +567,8 @@ def write_grid(out: Path, names: list[str], methods: list[str], testset: Path) -
     the LQ proxy of every method with a projector | every method's restored image | HQ, labelled."""
     from PIL import Image
 
-    from ..cli.files import save_image
     from ..grids import comparison_grid
+    from ..utils.output_files import save_image
 
     with_proxy = [m for m in methods if METHODS[m][1] is not None]
     labels = ["ELQ input", *(f"LQ proxy ({m})" for m in with_proxy), *methods, "HQ (reference)"]

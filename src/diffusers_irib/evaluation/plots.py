@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from ..cli.common import CLIError, add_common_arguments, make_parser, path_arg, run_guarded
+from ..utils.arguments import add_common_arguments, make_parser, path_arg
+from ..utils.errors import CLIError, run_guarded
 from .tables import METRIC_DIRECTIONS
 
 PROG = "irib-plot-tradeoff"

@@ -3,7 +3,7 @@
 What pressing Restore does (checks, degradation, tiling, files) lives in :mod:`.service`, in plain
 Python; this module lays out the controls, turns a :class:`~.service.PageResult` into the outputs,
 and launches the server with the limits of a public demo (queue, upload size, one temporary
-folder, no telemetry). A Hugging Face Space's ``app.py`` only calls ``diffusers_irib.cli.web.main``.
+folder, no telemetry). A Hugging Face Space's ``app.py`` only calls ``diffusers_irib.web.server.space_main``.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from pathlib import Path
 
 import gradio as gr
 
-from ..cli.common import first_line
-from ..cli.images import bundled_image_path
-from ..cli.pipeline_args import COLOR_FIXES, MAX_LFO_STEPS
+from ..utils.errors import first_line
+from ..utils.image_files import bundled_image_path
+from ..utils.pipeline_arguments import COLOR_FIXES, MAX_LFO_STEPS
 from .service import (
     DEGRADE_CHOICES,
     MAX_PROMPT_CHARS,
