@@ -1,4 +1,4 @@
-"""cli/files.py: input lists, output plans that never lose a file, atomic writes with normal modes."""
+"""utils/output_files.py: input lists, output plans that never lose a file, atomic writes with normal modes."""
 
 import errno
 import os

@@ -108,8 +108,10 @@ def run(args: argparse.Namespace) -> int:
         "skipped": skipped,
     }
     save_json(record, output / RECORD_NAME, args.overwrite, indent=1)
-    print(f"wrote {len(images)} image(s) to {output} ({', '.join(['hq'] + [p.name for p in presets])}); "
-          f"skipped {len(skipped)} unreadable file(s)")  # fmt: skip
+    print(
+        f"wrote {len(images)} image(s) to {output} ({', '.join(['hq'] + [p.name for p in presets])}); "
+        f"skipped {len(skipped)} unreadable file(s)"
+    )
     return 0 if images else 1
 
 

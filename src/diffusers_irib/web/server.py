@@ -90,9 +90,11 @@ def build_parser() -> argparse.ArgumentParser:
     server.add_argument("--port", type=int_in(1, 65535), default=7860, help="Port (default 7860).")
     server.add_argument("--share", action="store_true", help="Also open a public gradio.live link (off by default).")
     server.add_argument(
-        "--concurrency", type=int_in(1, 64), default=1,
+        "--concurrency",
+        type=int_in(1, 64),
+        default=1,
         help="Restores processed at once (default 1; the pipeline itself runs one call at a time).",
-    )  # fmt: skip
+    )
     server.add_argument(
         "--max-queue", type=int_in(1, 10000), default=16, help="Visitors waiting at most (default 16)."
     )
@@ -101,18 +103,24 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-upload-mb", type=float_in(0, 1024), default=20.0, help="Largest upload in MB (default 20)."
     )
     limits.add_argument(
-        "--max-pixels", type=int_in(1, MAX_PIXELS_LIMIT), default=2048 * 2048,
+        "--max-pixels",
+        type=int_in(1, MAX_PIXELS_LIMIT),
+        default=2048 * 2048,
         help="Largest image in pixels (width x height), of the upload and of the result after upscale (default 4194304 = 2048^2).",
-    )  # fmt: skip
+    )
     limits.add_argument(
-        "--max-side", type=int_in(0, 8192), default=None,
+        "--max-side",
+        type=int_in(0, 8192),
+        default=None,
         help=f"Downscale inputs to this longer side before restoring; 0: never (default 0; {TINY_MAX_SIDE} with --tiny).",
-    )  # fmt: skip
+    )
     limits.add_argument(
-        "--auto-tile-above", type=tile_threshold, default=1024,
+        "--auto-tile-above",
+        type=tile_threshold,
+        default=1024,
         help="With tile size 'auto', restore images with a side above N px in tiles of N px "
         f"({MIN_TILE} to {MAX_TILE}, a multiple of 8; 0: never; default 1024).",
-    )  # fmt: skip
+    )
     add_common_arguments(parser, overwrite=False)
     parser.set_defaults(tile_size=None, tile_overlap=None)  # for check_restore_arguments: the page sets tiles
     return parser
