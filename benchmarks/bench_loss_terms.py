@@ -70,11 +70,19 @@ def main() -> None:
     batch = obj.make_batch(photos(args.size), generator=torch.Generator().manual_seed(1))
     losses = obj.projector_step_losses(batch, generator=torch.Generator().manual_seed(2))
 
-    weights = {"l2": config.l2_weight, "lpips": config.lpips_weight, "blur": config.blur_weight,
-               "lq_recon": config.lq_weight, "prior": config.prior_weight}  # fmt: skip
+    weights = {
+        "l2": config.l2_weight,
+        "lpips": config.lpips_weight,
+        "blur": config.blur_weight,
+        "lq_recon": config.lq_weight,
+        "prior": config.prior_weight,
+    }
     total = float(losses["total"])
-    settings = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)
-                if f.name in ("mode", "pixel_range", "literal_eq17")}  # fmt: skip
+    settings = {
+        f.name: getattr(config, f.name)
+        for f in dataclasses.fields(config)
+        if f.name in ("mode", "pixel_range", "literal_eq17")
+    }
     print(f"one batch of {len(batch.prompts)} x {args.size} px, tiny pipeline; config {settings}")
     params = obj.trainable_parameters()
     print(f"{'term':<10} {'value':>10} {'weight':>7} {'weighted':>10} {'share':>7} {'grad norm':>10}")

@@ -30,10 +30,10 @@ import torch.nn.functional as F
 from PIL import Image
 from skimage import data
 
-from diffusers_irib.cli.images import load_image, pil_to_tensor
 from diffusers_irib.cli.make_testset import main as make_testset
 from diffusers_irib.evaluation.evaluate import main as evaluate
 from diffusers_irib.metrics import psnr, ssim
+from diffusers_irib.utils.image_files import load_image, pil_to_tensor
 
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "retina", "hubble_deep_field", "immunohistochemistry")
 

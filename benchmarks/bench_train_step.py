@@ -85,9 +85,14 @@ def run_ours(args, device) -> dict:
     add_adapter_set(unet, vae, "restorer", conv_in=True, trainable=False)
     tokenizer = build_tokenizer()
     objective = IRIBObjective(
-        unet, vae, text_encoder, tokenizer, DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012),
-        config=IRIBLossConfig(prompt_dropout=0.0), lpips_fn=make_lpips(device),
-    )  # fmt: skip
+        unet,
+        vae,
+        text_encoder,
+        tokenizer,
+        DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012),
+        config=IRIBLossConfig(prompt_dropout=0.0),
+        lpips_fn=make_lpips(device),
+    )
     cast_training_params(unet, dtype=torch.float32)
     cast_training_params(vae, dtype=torch.float32)
     optimizer = torch.optim.AdamW(objective.trainable_parameters(), lr=5e-5)
@@ -228,8 +233,10 @@ def main() -> int:
             failed.append(layout)
             continue
         results[layout] = json.loads(line[-1][len("RESULT ") :])
-    print(f"SD2.1-base architecture, batch {args.batch_size}, {args.size} px, {args.dtype}, {device.type}, "
-          f"gradient checkpointing {'on' if args.gradient_checkpointing else 'off'}")  # fmt: skip
+    print(
+        f"SD2.1-base architecture, batch {args.batch_size}, {args.size} px, {args.dtype}, {device.type}, "
+        f"gradient checkpointing {'on' if args.gradient_checkpointing else 'off'}"
+    )
     print(f"{'layout':<10} {'projector step s':>17} {'regularizer step s':>19} {'peak GB':>8}")
     for layout, r in results.items():
         print(f"{layout:<10} {r['projector']:>17.2f} {r['regularizer']:>19.2f} {r['peak_gb']:>8.2f}")

@@ -1255,7 +1255,7 @@ def finish(
 def cli(argv: list[str] | None = None) -> int:
     """The command line: a mistake ends in one line naming it (as every irib-* command); ``--debug``
     shows the traceback."""
-    from diffusers_irib.cli.common import CLIError, run_guarded
+    from diffusers_irib.utils.errors import CLIError, run_guarded
 
     def body() -> int:
         try:

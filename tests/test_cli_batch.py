@@ -13,8 +13,8 @@ import torch
 from PIL import Image
 
 from diffusers_irib.cli import restore
-from diffusers_irib.cli.images import bundled_image_path
 from diffusers_irib.tiny import make_tiny_pipeline
+from diffusers_irib.utils.image_files import bundled_image_path
 
 
 @pytest.fixture(scope="module")

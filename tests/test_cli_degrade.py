@@ -10,12 +10,12 @@ import torch
 from PIL import Image
 
 from diffusers_irib.cli.degrade import main as degrade_main
-from diffusers_irib.cli.images import bundled_image_path, load_image
 from diffusers_irib.degradations import (
     DegradationConfig,
     DegradationParams,
     RealESRGANDegradation,
 )
+from diffusers_irib.utils.image_files import bundled_image_path, load_image
 
 
 def run_error(argv, capsys):
@@ -123,7 +123,7 @@ def test_output_path_that_is_a_file_is_a_clear_error(tmp_path, capsys):
 
 def test_output_dir_without_write_permission_is_a_clear_error(tmp_path, capsys, monkeypatch):
     """The permission check itself, also when the tests run as root (who may write anywhere)."""
-    monkeypatch.setattr("diffusers_irib.cli.files.os.access", lambda path, mode: False)
+    monkeypatch.setattr("diffusers_irib.utils.output_files.os.access", lambda path, mode: False)
     assert "is not writable" in run_error(["--demo", "--output-dir", str(tmp_path / "out")], capsys)
 
 

@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 
 import diffusers_irib
-from diffusers_irib.cli import common, convert, degrade, demo, models, pipeline_args, restore
+from diffusers_irib.cli import convert, degrade, demo, restore
+from diffusers_irib.utils import arguments, errors, pipeline_arguments
+from diffusers_irib.utils import model_sources as models
 
 MAINS = {
     "irib-degrade": degrade.main,
@@ -37,7 +39,7 @@ def test_version_names_the_command_and_the_package(prog, capsys):
 
 def test_version_falls_back_to_the_installed_metadata(monkeypatch):
     monkeypatch.delattr(diffusers_irib, "__version__")
-    assert common.package_version() not in ("", None)
+    assert arguments.package_version() not in ("", None)
 
 
 def test_expected_errors_are_one_line_and_debug_brings_the_traceback_back(tmp_path, capsys):
@@ -45,7 +47,7 @@ def test_expected_errors_are_one_line_and_debug_brings_the_traceback_back(tmp_pa
     code, _, err = exit_code(degrade.main, argv, capsys)
     assert code == 2 and err.count("\n") == 1 and "Traceback" not in err
     assert err.startswith("irib-degrade: error: ") and "none.json" in err
-    with pytest.raises(common.CLIError, match="does not exist"):
+    with pytest.raises(errors.CLIError, match="does not exist"):
         degrade.main([*argv, "--debug"])
 
 
@@ -54,7 +56,7 @@ def test_unexpected_errors_are_one_line_with_a_pointer_to_debug(capsys):
         raise RuntimeError("first line\nsecond line of a long torch message")
 
     with pytest.raises(SystemExit) as info:
-        common.run_guarded("irib-x", False, body)
+        errors.run_guarded("irib-x", False, body)
     assert info.value.code == 1
     assert capsys.readouterr().err == "irib-x: error: first line (run with --debug for the full traceback)\n"
 
@@ -66,7 +68,7 @@ def test_copied_constants_match_the_library():
 
     assert models.DEFAULT_BASE_MODEL == DEFAULT_BASE_MODEL
     assert models.LORA_WEIGHT_NAME == LORA_WEIGHT_NAME
-    assert set(pipeline_args.COLOR_FIXES) == set(COLOR_FIXES) | {"none"}
+    assert set(pipeline_arguments.COLOR_FIXES) == set(COLOR_FIXES) | {"none"}
 
 
 # Imports the CLI modules with the package's own __init__ replaced by an empty one, so the test

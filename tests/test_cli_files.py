@@ -1,4 +1,4 @@
-"""cli/files.py: input lists, output plans that never lose a file, atomic writes with normal modes."""
+"""utils/output_files.py: input lists, output plans that never lose a file, atomic writes with normal modes."""
 
 import errno
 import os
@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from diffusers_irib.cli.common import CLIError, WriteError
-from diffusers_irib.cli.files import (
+from diffusers_irib.utils.errors import CLIError, WriteError
+from diffusers_irib.utils.output_files import (
     PlannedFile,
     check_output_dir,
     check_plan,

@@ -14,7 +14,7 @@ from PIL import Image
 
 from diffusers_irib import IRIBRestorationPipeline
 from diffusers_irib.cli import convert, demo, restore
-from diffusers_irib.cli.images import bundled_image_path, center_crop_resize, load_image
+from diffusers_irib.utils.image_files import bundled_image_path, center_crop_resize, load_image
 
 
 @pytest.fixture(scope="module")
@@ -249,8 +249,8 @@ def test_convert_overwrites_a_set_only_with_overwrite_and_survives_a_full_disk(
 
 def test_every_entry_point_defaults_to_the_papers_lfo_steps():
     """One default everywhere: Table 1's "LFO x2" row (the pipeline's own default is tested in test_pipeline)."""
-    from diffusers_irib.cli import web
     from diffusers_irib.defaults import DEFAULT_LFO_STEPS
+    from diffusers_irib.web import server as web
     from diffusers_irib.web.service import RestoreOptions
 
     assert DEFAULT_LFO_STEPS == 2

@@ -22,9 +22,14 @@ def test_our_marks_on_the_papers_numbers_match_the_papers_underlines():
     the paper underlines its lowest value 0.4249 (its bold and underline are swapped there)."""
     rows = paper_rows("div2k", "Table 1")
     underlined = {  # the paper's <u>...</u> cells, as printed
-        "psnr": 20.0488, "ssim": 0.4797, "dists": 0.2599, "fid": 62.9768, "niqe": 4.1814,
-        "musiq": 70.6405, "clipiqa": 0.6844,
-    }  # fmt: skip
+        "psnr": 20.0488,
+        "ssim": 0.4797,
+        "dists": 0.2599,
+        "fid": 62.9768,
+        "niqe": 4.1814,
+        "musiq": 70.6405,
+        "clipiqa": 0.6844,
+    }
     for metric, value in underlined.items():
         values = [r.as_dict()[metric] for r in rows]
         marks = rank_marks(values, higher_is_better=metric in ("psnr", "ssim", "musiq", "clipiqa"))

@@ -343,7 +343,7 @@ def test_convert_names_a_zip_that_is_not_a_torch_checkpoint(tmp_path, capsys):
 
 # --------------------------------------------------------------------------- irib-web
 def test_web_full_disk_while_writing_a_result_is_a_message_not_an_oserror(tmp_path, monkeypatch):
-    from diffusers_irib.cli.images import bundled_image_path
+    from diffusers_irib.utils.image_files import bundled_image_path
     from diffusers_irib.web import RestoreOptions, WebLimits, WebRestorer, WorkDir
 
     pipe = make_tiny_pipeline()
@@ -368,7 +368,7 @@ def test_web_full_disk_while_writing_a_result_is_a_message_not_an_oserror(tmp_pa
 
 
 def test_space_app_with_bad_web_args_ends_in_one_line(capsys, monkeypatch):
-    from diffusers_irib.cli import web
+    from diffusers_irib.web import server as web
 
     monkeypatch.setenv("IRIB_WEB_ARGS", '--max-pixels "1048576')
     with pytest.raises(SystemExit) as exit_info:

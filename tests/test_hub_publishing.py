@@ -177,7 +177,7 @@ OFFLINE_PROBE = textwrap.dedent(
     """
     import json, time
     from diffusers_irib import IRIBRestorationPipeline  # torch and diffusers load before any timing
-    from diffusers_irib.cli.models import ModelSpec, missing_models_message
+    from diffusers_irib.utils.model_sources import ModelSpec, missing_models_message
     from diffusers_irib.tiny import make_tiny_pipeline
 
     pipe = make_tiny_pipeline()

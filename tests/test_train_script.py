@@ -29,7 +29,7 @@ from safetensors.torch import load_file
 from skimage import data
 
 from diffusers_irib import IRIBRestorationPipeline
-from diffusers_irib.cli.images import center_crop_resize, load_image
+from diffusers_irib.utils.image_files import center_crop_resize, load_image
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "examples" / "train_irib_lora.py"

@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from diffusers_irib.cli import web as web_cli
-from diffusers_irib.cli.images import bundled_image_path
-from diffusers_irib.cli.models import ModelSpec, missing_models_message
 from diffusers_irib.tiny import make_tiny_pipeline
+from diffusers_irib.utils.image_files import bundled_image_path
+from diffusers_irib.utils.model_sources import ModelSpec, missing_models_message
 from diffusers_irib.web import RestoreOptions, WebLimits, WebRestorer, WorkDir
+from diffusers_irib.web import server as web_cli
 from diffusers_irib.web.service import fit_side, tile_size_for
 
 SIDE = 64  # the bundled 512 px photo is downscaled to this (max_side): a restore takes about a second

@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from diffusers_irib.cli.images import bundled_image_path
+from diffusers_irib.utils.image_files import bundled_image_path
 
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

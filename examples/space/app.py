@@ -5,6 +5,6 @@ IRIB_DTYPE, IRIB_EXTRACTOR, IRIB_EXTRACTOR_MODEL, IRIB_TINY=1 (the untrained tin
 IRIB_WEB_ARGS for any other irib-web flag (e.g. "--max-pixels 1048576 --concurrency 2").
 """
 
-from diffusers_irib.cli.web import space_main
+from diffusers_irib.web.server import space_main
 
 raise SystemExit(space_main())

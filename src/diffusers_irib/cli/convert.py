@@ -15,9 +15,10 @@ import os
 import sys
 from pathlib import Path
 
-from .common import CLIError, add_common_arguments, first_line, make_parser, path_arg, run_guarded
-from .files import PlannedFile, check_output_dir, check_plan
-from .models import DEFAULT_BASE_MODEL
+from ..utils.arguments import add_common_arguments, make_parser, path_arg
+from ..utils.errors import CLIError, first_line, run_guarded
+from ..utils.model_sources import DEFAULT_BASE_MODEL
+from ..utils.output_files import PlannedFile, check_output_dir, check_plan
 
 PROG = "irib-convert-osediff"
 WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)

@@ -18,19 +18,26 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from .common import (
-    CLIError,
+from ..utils.arguments import (
     add_common_arguments,
     int_in,
     is_safe_name,
     make_parser,
     path_arg,
     resolve_device,
-    run_guarded,
     seed_value,
 )
-from .files import PlannedFile, add_input_arguments, check_output_dir, check_plan, expand_inputs, save_image, save_json
-from .images import bundled_image_path, center_crop_resize, load_image, pil_to_tensor, tensor_to_pil
+from ..utils.errors import CLIError, run_guarded
+from ..utils.image_files import bundled_image_path, center_crop_resize, load_image, pil_to_tensor, tensor_to_pil
+from ..utils.output_files import (
+    PlannedFile,
+    add_input_arguments,
+    check_output_dir,
+    check_plan,
+    expand_inputs,
+    save_image,
+    save_json,
+)
 
 PROG = "irib-degrade"
 BUILTIN_PRESETS = ("lq", "elq")

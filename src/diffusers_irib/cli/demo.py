@@ -15,19 +15,19 @@ import sys
 from pathlib import Path
 
 from ..grids import GRID_COLUMNS, comparison_grid
-from .common import (
+from ..utils.arguments import (
     add_common_arguments,
     int_in,
     make_parser,
     path_arg,
     resolve_device,
     resolve_dtype,
-    run_guarded,
     seed_value,
 )
-from .files import PlannedFile, check_output_dir, check_plan, save_image
-from .images import bundled_image_path, center_crop_resize, load_image, pil_to_tensor
-from .pipeline_args import (
+from ..utils.errors import run_guarded
+from ..utils.image_files import bundled_image_path, center_crop_resize, load_image, pil_to_tensor
+from ..utils.output_files import PlannedFile, check_output_dir, check_plan, save_image
+from ..utils.pipeline_arguments import (
     add_model_arguments,
     add_restore_arguments,
     add_tiny_argument,

@@ -18,10 +18,11 @@ import hashlib
 import sys
 from pathlib import Path
 
-from .common import CLIError, add_common_arguments, int_in, make_parser, path_arg, run_guarded, seed_value
+from ..utils.arguments import add_common_arguments, int_in, make_parser, path_arg, seed_value
+from ..utils.errors import CLIError, run_guarded
+from ..utils.image_files import center_crop_resize, load_image, pil_to_tensor, tensor_to_pil
+from ..utils.output_files import PlannedFile, check_output_dir, check_plan, expand_inputs, save_image, save_json
 from .degrade import Preset, resolve_preset
-from .files import PlannedFile, check_output_dir, check_plan, expand_inputs, save_image, save_json
-from .images import center_crop_resize, load_image, pil_to_tensor, tensor_to_pil
 
 PROG = "irib-make-testset"
 RECORD_NAME = "degradations.json"
@@ -107,8 +108,10 @@ def run(args: argparse.Namespace) -> int:
         "skipped": skipped,
     }
     save_json(record, output / RECORD_NAME, args.overwrite, indent=1)
-    print(f"wrote {len(images)} image(s) to {output} ({', '.join(['hq'] + [p.name for p in presets])}); "
-          f"skipped {len(skipped)} unreadable file(s)")  # fmt: skip
+    print(
+        f"wrote {len(images)} image(s) to {output} ({', '.join(['hq'] + [p.name for p in presets])}); "
+        f"skipped {len(skipped)} unreadable file(s)"
+    )
     return 0 if images else 1
 
 

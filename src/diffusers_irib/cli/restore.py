@@ -17,21 +17,18 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from .common import (
-    EXPECTED_ERRORS,
-    CLIError,
-    WriteError,
+from ..utils.arguments import (
     add_common_arguments,
-    first_line,
     float_in,
     make_parser,
     path_arg,
     resolve_device,
     resolve_dtype,
-    run_guarded,
     safe_name,
 )
-from .files import (
+from ..utils.errors import EXPECTED_ERRORS, CLIError, WriteError, describe_failure, run_guarded
+from ..utils.image_files import load_image, tensor_to_pil, upright_size
+from ..utils.output_files import (
     IMAGE_FORMATS,
     PlannedFile,
     add_input_arguments,
@@ -41,8 +38,7 @@ from .files import (
     save_image,
     save_json,
 )
-from .images import load_image, tensor_to_pil, upright_size
-from .pipeline_args import (
+from ..utils.pipeline_arguments import (
     TINY_WARNING,
     add_model_arguments,
     add_restore_arguments,
@@ -188,23 +184,6 @@ def report(job: Job, message: str) -> None:
     tqdm.write(f"{PROG}: skipped{where}: {message}", file=sys.stderr)
 
 
-def is_out_of_memory(err: BaseException) -> bool:
-    import torch
-
-    return isinstance(err, torch.OutOfMemoryError) or "out of memory" in str(err).lower()
-
-
-def describe_failure(err: BaseException) -> str:
-    """One line for a failed image; running out of memory comes with what to try instead."""
-    if is_out_of_memory(err):
-        import torch
-
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-        return OOM_HINT
-    return first_line(err)
-
-
 def restore_one(pipe, job: Job, args: argparse.Namespace, extractor) -> list[str]:
     """Restore one image, write its files, and return the prompt of every round."""
     image = load_image(job.source)
@@ -237,7 +216,7 @@ def restore_all(pipe, jobs: list[Job], args: argparse.Namespace, extractor) -> l
         except EXPECTED_ERRORS as err:
             if args.debug:
                 raise
-            report(job, describe_failure(err))
+            report(job, describe_failure(err, OOM_HINT))
             failed.append(job)
             continue
         tqdm.write(f"{job.source.name}: prompts per round {prompts}")

@@ -46,8 +46,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Optional
 
-from ..cli.common import CLIError, add_common_arguments, int_in, make_parser, path_arg, run_guarded
-from ..cli.pipeline_args import EXTRACTORS, build_extractor
+from ..utils.arguments import add_common_arguments, int_in, make_parser, path_arg
+from ..utils.errors import CLIError, run_guarded
+from ..utils.pipeline_arguments import EXTRACTORS, build_extractor
 from .paper import PAPER_METRICS, paper_caveat, paper_rows
 from .tables import markdown_table
 
@@ -92,13 +93,25 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--projector", default=None, help="Projector adapter set (irib methods).")
     parser.add_argument("--restorer", default=None, help="Restorer adapter set (restorer and irib methods).")
     parser.add_argument("--direct", default=None, help="A set trained with --mode direct (method direct).")
-    parser.add_argument("--restorer-callable", default=None, metavar="MODULE:FUNCTION",
-                        help="A plug-and-play restorer (images, prompts) -> images (methods callable, irib+callable).")  # fmt: skip
-    parser.add_argument("--classical-model", default=None, metavar="MODEL.pth",
-                        help="A classical SR network (Real-ESRGAN x4plus, SwinIR, HAT ...) loaded with spandrel (method classical).")  # fmt: skip
+    parser.add_argument(
+        "--restorer-callable",
+        default=None,
+        metavar="MODULE:FUNCTION",
+        help="A plug-and-play restorer (images, prompts) -> images (methods callable, irib+callable).",
+    )
+    parser.add_argument(
+        "--classical-model",
+        default=None,
+        metavar="MODEL.pth",
+        help="A classical SR network (Real-ESRGAN x4plus, SwinIR, HAT ...) loaded with spandrel (method classical).",
+    )
     parser.add_argument("--metrics", nargs="+", choices=list(PAPER_METRICS), default=list(PAPER_METRICS))
-    parser.add_argument("--convention", choices=["y", "rgb", "both"], default="y",
-                        help="PSNR/SSIM on the Y of YCbCr (the paper's tables) or on RGB (default y).")  # fmt: skip
+    parser.add_argument(
+        "--convention",
+        choices=["y", "rgb", "both"],
+        default="y",
+        help="PSNR/SSIM on the Y of YCbCr (the paper's tables) or on RGB (default y).",
+    )
     parser.add_argument(
         "--paper", choices=["div2k", "div8k"], default=None, help="Put the paper's numbers beside ours."
     )
@@ -385,7 +398,7 @@ def prepare_method_folder(folder: Path, record: dict, overwrite: bool, state) ->
         )
     state.wait_for_everyone()  # every process has checked before the folder changes
     if state.is_main_process:
-        from ..cli.files import save_json
+        from ..utils.output_files import save_json
 
         if mismatch:
             print(f"{folder}: --overwrite: restoring {len(existing)} image(s) again ({mismatch})")
@@ -400,8 +413,8 @@ def restore_method(pipe, method: str, names: list[str], args, plug, state, recor
     import torch
     from tqdm import tqdm
 
-    from ..cli.files import save_image
-    from ..cli.images import load_image, pil_to_tensor, tensor_to_pil
+    from ..utils.image_files import load_image, pil_to_tensor, tensor_to_pil
+    from ..utils.output_files import save_image
 
     folder = Path(args.output) / "images" / method
     proxies = Path(args.output) / LQ_PROXY_DIR / method  # kept for grid.png only
@@ -414,8 +427,9 @@ def restore_method(pipe, method: str, names: list[str], args, plug, state, recor
         written = 0
         classical = classical_restorer(args.classical_model, pipe.device) if method == "classical" else None
         kwargs = method_call(method, pipe, plug, classical)
-        for start in tqdm(range(0, len(mine), args.batch_size), desc=method, unit="batch",
-                          disable=not state.is_local_main_process):  # fmt: skip
+        for start in tqdm(
+            range(0, len(mine), args.batch_size), desc=method, unit="batch", disable=not state.is_local_main_process
+        ):
             batch = mine[start : start + args.batch_size]
             images = [pil_to_tensor(load_image(Path(args.testset) / "elq" / f"{n}.png")) for n in batch]
             with torch.no_grad():
@@ -478,7 +492,7 @@ def method_fids(methods: list[str], names: list[str], args, device, unavailable:
 
 
 def score_images(method: str, names: list[str], args, functions: dict[str, Callable]) -> list[dict]:
-    from ..cli.images import load_image, pil_to_tensor
+    from ..utils.image_files import load_image, pil_to_tensor
 
     rows = []
     for name in names:
@@ -499,9 +513,13 @@ def summary_rows(
     for method in methods:
         mine = [r for r in per_image if r["method"] == method]
         for convention in conventions:
-            row: dict[str, Any] = {"method": method, "training": METHODS[method][0],
-                                   "lfo": "x" if not METHODS[method][1] else f"x{METHODS[method][1]}",
-                                   "convention": convention, "images": len(mine)}  # fmt: skip
+            row: dict[str, Any] = {
+                "method": method,
+                "training": METHODS[method][0],
+                "lfo": "x" if not METHODS[method][1] else f"x{METHODS[method][1]}",
+                "convention": convention,
+                "images": len(mine),
+            }
             for metric in metrics:
                 if metric == "fid":
                     row[metric] = fids.get(method)
@@ -514,10 +532,14 @@ def summary_rows(
 
 
 def write_results(out: Path, per_image: list[dict], rows: list[dict], unavailable: dict, args) -> None:
-    from ..cli.files import save_json
+    from ..utils.output_files import save_json
 
-    save_json({"rows": rows, "unavailable": unavailable, "testset": str(args.testset)}, out / "results.json",
-              overwrite=True, indent=1)  # fmt: skip
+    save_json(
+        {"rows": rows, "unavailable": unavailable, "testset": str(args.testset)},
+        out / "results.json",
+        overwrite=True,
+        indent=1,
+    )
     for path, records in ((out / "results.csv", rows), (out / "per_image.csv", per_image)):
         fields = list(dict.fromkeys(k for r in records for k in r))
         tmp = path.with_suffix(".csv.tmp")
@@ -532,8 +554,16 @@ def write_results(out: Path, per_image: list[dict], rows: list[dict], unavailabl
         markdown_table([r for r in rows if r["convention"] == c], metrics=args.metrics) for c in conventions
     )
     if args.paper:
-        paper = [{"method": f"paper: {r.method}", "training": r.training, "lfo": "x" if not r.lfo else f"x{r.lfo}",
-                  "convention": "y", **r.as_dict()} for r in paper_rows(args.paper, "Table 1")]  # fmt: skip
+        paper = [
+            {
+                "method": f"paper: {r.method}",
+                "training": r.training,
+                "lfo": "x" if not r.lfo else f"x{r.lfo}",
+                "convention": "y",
+                **r.as_dict(),
+            }
+            for r in paper_rows(args.paper, "Table 1")
+        ]
         table += f"\nThe paper's Table 1 ({args.paper.upper()}), for comparison:\n\n" + markdown_table(
             paper, metrics=args.metrics
         )
@@ -547,8 +577,10 @@ def write_results(out: Path, per_image: list[dict], rows: list[dict], unavailabl
             lfo_note += "; a row marked (= METHOD) repeats that method's images and is not ranked"
         notes += f"- {lfo_note}\n"
     if any(r.get("fid") is not None for r in rows):
-        notes += (f"- fid: clean-fid's 'clean' mode, each method's {rows[0]['images']} images against hq/; below 2048 "
-                  "images it compares only with FIDs over the same images\n")  # fmt: skip
+        notes += (
+            f"- fid: clean-fid's 'clean' mode, each method's {rows[0]['images']} images against hq/; below 2048 "
+            "images it compares only with FIDs over the same images\n"
+        )
     (out / "results.md").write_text(table + ("\n" + notes if notes else ""), encoding="utf-8")
 
 
@@ -566,8 +598,8 @@ def write_grid(out: Path, names: list[str], methods: list[str], testset: Path) -
     the LQ proxy of every method with a projector | every method's restored image | HQ, labelled."""
     from PIL import Image
 
-    from ..cli.files import save_image
     from ..grids import comparison_grid
+    from ..utils.output_files import save_image
 
     with_proxy = [m for m in methods if METHODS[m][1] is not None]
     labels = ["ELQ input", *(f"LQ proxy ({m})" for m in with_proxy), *methods, "HQ (reference)"]

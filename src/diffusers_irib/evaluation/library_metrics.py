@@ -148,8 +148,15 @@ def fid_features(
     """Features of a list of images, resized as clean-fid's 'clean' mode does (PIL bicubic to 299 px)."""
     from cleanfid import fid
 
-    features = fid.get_files_features([str(f) for f in files], model=extractor, num_workers=0, batch_size=batch_size,
-                                      device=torch.device(device), mode="clean", verbose=False)  # fmt: skip
+    features = fid.get_files_features(
+        [str(f) for f in files],
+        model=extractor,
+        num_workers=0,
+        batch_size=batch_size,
+        device=torch.device(device),
+        mode="clean",
+        verbose=False,
+    )
     return np.asarray(features, dtype=np.float64)
 
 

@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from ..cli.common import CLIError, add_common_arguments, make_parser, path_arg, run_guarded
+from ..utils.arguments import add_common_arguments, make_parser, path_arg
+from ..utils.errors import CLIError, run_guarded
 from .tables import METRIC_DIRECTIONS
 
 PROG = "irib-plot-tradeoff"
@@ -67,14 +68,17 @@ def is_value(value) -> bool:
 
 def non_numeric(series: list[Series], metrics=("psnr", *TRADEOFF_METRICS)) -> list[str]:
     """Notes on the values that are neither numbers nor missing, which the figure leaves out."""
-    return [f"{s.name} {label}: {metric} = {v[metric]!r} is not a number; point left out"
-            for s in series for label, v in s.points for metric in metrics
-            if v.get(metric) is not None and not is_value(v[metric])]  # fmt: skip
+    return [
+        f"{s.name} {label}: {metric} = {v[metric]!r} is not a number; point left out"
+        for s in series
+        for label, v in s.points
+        for metric in metrics
+        if v.get(metric) is not None and not is_value(v[metric])
+    ]
 
 
 def plottable(series: list[Series], metric: str) -> bool:
-    return any(is_value(values.get("psnr")) and is_value(values.get(metric))
-               for s in series for _, values in s.points)  # fmt: skip
+    return any(is_value(values.get("psnr")) and is_value(values.get(metric)) for s in series for _, values in s.points)
 
 
 def left_out(series: list[Series], metrics=TRADEOFF_METRICS) -> list[str]:
@@ -116,8 +120,11 @@ def tradeoff_figure(
     fig, axes = plt.subplots(1, len(drawn), figsize=(5.2 * len(drawn), 4.2), squeeze=False)
     for panel, (ax, metric) in enumerate(zip(axes[0], drawn)):
         for s in series:
-            points = [(label, v["psnr"], v[metric]) for label, v in s.points
-                      if is_value(v.get("psnr")) and is_value(v.get(metric))]  # fmt: skip
+            points = [
+                (label, v["psnr"], v[metric])
+                for label, v in s.points
+                if is_value(v.get("psnr")) and is_value(v.get(metric))
+            ]
             if not points:
                 continue
             xs, ys = [p[1] for p in points], [p[2] for p in points]
@@ -207,8 +214,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--method", default="irib", help="The method row of each run (default irib).")
     parser.add_argument("--labels", nargs="+", default=None, help="One label per run (default: the folder names).")
     parser.add_argument("--name", default="ours", help="Legend name of the sweep (default ours).")
-    parser.add_argument("--baseline", action="append", default=[], metavar="RUN:METHOD",
-                        help="A reference point, e.g. runs/finetuned:direct (repeatable).")  # fmt: skip
+    parser.add_argument(
+        "--baseline",
+        action="append",
+        default=[],
+        metavar="RUN:METHOD",
+        help="A reference point, e.g. runs/finetuned:direct (repeatable).",
+    )
     parser.add_argument("--paper", choices=["div2k", "div8k"], default=None, help="Add the paper's Table 3.")
     parser.add_argument("--title", default="", help="A title above the panels.")
     add_common_arguments(parser)

@@ -14,11 +14,8 @@ from typing import Any, Optional
 __all__ = ["METRIC_DIRECTIONS", "markdown_table", "rank_marks"]
 
 #: +1: higher is better; -1: lower is better.
-METRIC_DIRECTIONS = {
-    "psnr": 1, "ssim": 1, "lpips": -1, "dists": -1, "fid": -1, "niqe": -1, "musiq": 1, "clipiqa": 1,
-}  # fmt: skip
-_TITLES = {"psnr": "PSNR", "ssim": "SSIM", "lpips": "LPIPS", "dists": "DISTS", "fid": "FID", "niqe": "NIQE",
-           "musiq": "MUSIQ", "clipiqa": "CLIPIQA"}  # fmt: skip
+METRIC_DIRECTIONS = {"psnr": 1, "ssim": 1, "lpips": -1, "dists": -1, "fid": -1, "niqe": -1, "musiq": 1, "clipiqa": 1}
+_TITLES = {name: name.upper() for name in METRIC_DIRECTIONS}
 
 
 def _number(value: Any) -> Optional[float]:

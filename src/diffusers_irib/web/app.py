@@ -3,7 +3,7 @@
 What pressing Restore does (checks, degradation, tiling, files) lives in :mod:`.service`, in plain
 Python; this module lays out the controls, turns a :class:`~.service.PageResult` into the outputs,
 and launches the server with the limits of a public demo (queue, upload size, one temporary
-folder, no telemetry). A Hugging Face Space's ``app.py`` only calls ``diffusers_irib.cli.web.main``.
+folder, no telemetry). A Hugging Face Space's ``app.py`` only calls ``diffusers_irib.web.server.space_main``.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from pathlib import Path
 
 import gradio as gr
 
-from ..cli.common import first_line
-from ..cli.images import bundled_image_path
-from ..cli.pipeline_args import COLOR_FIXES, MAX_LFO_STEPS
+from ..utils.errors import first_line
+from ..utils.image_files import bundled_image_path
+from ..utils.pipeline_arguments import COLOR_FIXES, MAX_LFO_STEPS
 from .service import (
     DEGRADE_CHOICES,
     MAX_PROMPT_CHARS,
@@ -194,9 +194,13 @@ def build_demo(
                     seed = gr.Number(value=d.degrade_seed, precision=0, minimum=0, label="Degradation seed")
                 with gr.Accordion("Restore options", open=True):
                     lfo_steps = gr.Slider(
-                        0, MAX_LFO_STEPS, value=d.lfo_steps, step=1, label="LFO steps",
+                        0,
+                        MAX_LFO_STEPS,
+                        value=d.lfo_steps,
+                        step=1,
+                        label="LFO steps",
                         info="Look Forward Once: re-prompt from the LQ proxy and project again.",
-                    )  # fmt: skip
+                    )
                     prompt = gr.Textbox(
                         value=d.prompt,
                         label="Prompt",
@@ -214,9 +218,15 @@ def build_demo(
                     with gr.Row():
                         upscale = gr.Slider(1, MAX_UPSCALE, value=d.upscale, step=0.5, label="Upscale")
                         tile = gr.Dropdown(
-                            list(TILE_CHOICES), value=d.tile, label="Tile size (px)",
-                            info=f"auto: tiles of {limits.auto_tile_above} px above that size" if limits.auto_tile_above else "auto: no tiling",
-                        )  # fmt: skip
+                            list(TILE_CHOICES),
+                            value=d.tile,
+                            label="Tile size (px)",
+                            info=(
+                                f"auto: tiles of {limits.auto_tile_above} px above that size"
+                                if limits.auto_tile_above
+                                else "auto: no tiling"
+                            ),
+                        )
                 button = gr.Button("Restore", variant="primary", elem_id="irib-restore")
             with gr.Column(scale=1):
                 status_md = gr.Markdown(status, elem_id="irib-status")

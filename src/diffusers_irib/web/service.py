@@ -19,11 +19,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..cli.common import EXPECTED_ERRORS, MAX_SEED, first_line
-from ..cli.images import load_image, pil_to_tensor, tensor_to_pil, upright_size
-from ..cli.pipeline_args import COLOR_FIXES, MAX_LFO_STEPS
-from ..cli.restore import is_out_of_memory
 from ..defaults import DEFAULT_LFO_STEPS
+from ..utils.arguments import MAX_SEED
+from ..utils.errors import EXPECTED_ERRORS, describe_failure, first_line
+from ..utils.image_files import load_image, pil_to_tensor, tensor_to_pil, upright_size
+from ..utils.pipeline_arguments import COLOR_FIXES, MAX_LFO_STEPS
 from .workdir import WorkDir
 
 DEGRADE_CHOICES = ("none", "LQ", "ELQ")  # the page's labels of irib-degrade's presets
@@ -32,6 +32,7 @@ MAX_UPSCALE = 4.0
 MAX_PROMPT_CHARS = 300
 NO_EXTRACTOR = "none"
 EMPTY_PROMPT = "(empty prompt)"
+OOM_HINT = "out of memory: choose a smaller tile size (e.g. 512), a smaller upscale, or fewer LFO steps"
 TINY_NOTE = "UNTRAINED tiny pipeline (random weights): a noise-like result is expected; it shows the code path, not restoration quality."
 
 
@@ -290,7 +291,7 @@ class WebRestorer:
                     return_intermediates=True,
                 )
         except EXPECTED_ERRORS as err:
-            raise Refused(describe_failure(err)) from None
+            raise Refused(describe_failure(err, OOM_HINT, prefix="the restore failed: ")) from None
         seconds = time.perf_counter() - start
         try:
             return self.write_result(path, x, out, o, tile, seconds, notes)
@@ -355,17 +356,6 @@ def reason(err: BaseException, path: Path) -> str:
     """An image reader's message without the server's temporary path in it."""
     text = first_line(err).replace(repr(str(path)), repr(path.name)).replace(str(path), path.name)
     return text.split(": ", 1)[1] if text.startswith("cannot read image") and ": " in text else text
-
-
-def describe_failure(err: BaseException) -> str:
-    """A failed pipeline call in one line; running out of memory comes with what to try instead."""
-    if is_out_of_memory(err):
-        import torch
-
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-        return "out of memory: choose a smaller tile size (e.g. 512), a smaller upscale, or fewer LFO steps"
-    return f"the restore failed: {first_line(err)}"
 
 
 def prompts_text(prompts: list[str], o: RestoreOptions, extractors: dict) -> str:

@@ -17,7 +17,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .common import CLIError, WriteError, path_arg
+from .arguments import path_arg
+from .errors import CLIError, WriteError
 
 MAX_LISTED = 5  # files named in one message before "and N more"
 IMAGE_FORMATS = {

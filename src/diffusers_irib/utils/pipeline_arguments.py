@@ -1,4 +1,4 @@
-"""The pipeline options ``irib-restore``, ``irib-demo`` and ``irib-web`` share: models (or ``--tiny``),
+"""The pipeline options ``irib-restore``, ``irib-demo``, ``irib-web`` and ``irib-evaluate`` share: models (or ``--tiny``),
 prompts, tiling, seed.
 
 Every option is checked right after parsing (ranges in the argument types, combinations in
@@ -10,12 +10,14 @@ from __future__ import annotations
 import argparse
 import os
 
+from ..color_fixes import COLOR_FIXES as LIBRARY_COLOR_FIXES
 from ..defaults import DEFAULT_LFO_STEPS
-from .common import DTYPE_NAMES, CLIError, first_line, int_in, seed_value
-from .models import DEFAULT_BASE_MODEL, DEFAULT_PROJECTOR, DEFAULT_RESTORER, ModelSpec, missing_models_message
+from .arguments import DTYPE_NAMES, int_in, seed_value
+from .errors import CLIError, first_line
+from .model_sources import DEFAULT_BASE_MODEL, DEFAULT_PROJECTOR, DEFAULT_RESTORER, ModelSpec, missing_models_message
 
 EXTRACTORS = ("none", "clip", "caption", "ram")
-COLOR_FIXES = ("adain", "wavelet", "none")  # diffusers_irib.image_processing.COLOR_FIXES, plus none
+COLOR_FIXES = (*LIBRARY_COLOR_FIXES, "none")  # the library's colour fixes, and none
 MAX_LFO_STEPS = 10
 MIN_TILE, MAX_TILE = 64, 8192  # pixels; tiles are multiples of 8 (the SD VAE's factor)
 
