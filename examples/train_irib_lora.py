@@ -46,10 +46,13 @@ from diffusers_irib.degradations import DegradationConfig, RealESRGANDegradation
 from diffusers_irib.grids import GRID_COLUMNS, comparison_grid
 from diffusers_irib.training_data import (
     ImageRows,
+    ResumableBatches,
     StreamedImageRows,
     collate_images,
     decode_image,
     open_image_dataset,
+    random_crop,
+    resize_short_side,
 )
 from diffusers_irib.training_utils import (
     OSEDIFF_NEGATIVE_PROMPT,
@@ -251,8 +254,24 @@ def parse_args(input_args: list[str] | None = None) -> argparse.Namespace:
                      help="Write the ids of every rank's samples to logs/samples-rank<r>.jsonl (data debugging).")  # fmt: skip
 
     args = parser.parse_args(input_args)
+    resolve_defaults(args)
     check_args(args)
     return args
+
+
+def resolve_defaults(args: argparse.Namespace) -> None:
+    """Fill in what depends on other arguments: the dataset, streaming, the degradation configs, the
+    mode's loss weights and the Hub repo name. A preset or a loss setting that cannot be used fails here."""
+    if args.train_data_dir is None and args.dataset_name is None:
+        args.dataset_name = DEFAULT_DATASET
+    if args.streaming is None:
+        args.streaming = args.train_data_dir is None
+    args.lq_config = resolve_preset(args.lq_preset, "--lq_preset")
+    args.elq_config = resolve_preset(args.elq_preset, "--elq_preset")
+    config = IRIBLossConfig(**loss_config_kwargs(args))  # validates weights, probabilities, ranges
+    args.lpips_weight, args.blur_weight = config.lpips_weight, config.blur_weight  # the mode's defaults
+    if args.push_to_hub and args.hub_model_id is None:
+        args.hub_model_id = Path(args.output_dir).name
 
 
 def resolve_preset(spec: str, flag: str) -> DegradationConfig:
@@ -268,15 +287,11 @@ def resolve_preset(spec: str, flag: str) -> DegradationConfig:
 
 
 def check_args(args: argparse.Namespace) -> None:
-    """Every check that needs no model, before anything is loaded."""
-    if args.train_data_dir is None and args.dataset_name is None:
-        args.dataset_name = DEFAULT_DATASET
+    """Every check that needs no model, before anything is loaded (the defaults are resolved already)."""
     if args.train_data_dir is not None and args.dataset_name is not None:
         raise ValueError("give --dataset_name or --train_data_dir, not both")
     if args.train_data_dir is not None and not os.path.isdir(args.train_data_dir):
         raise ValueError(f"--train_data_dir {args.train_data_dir!r} is not a folder")
-    if args.streaming is None:
-        args.streaming = args.train_data_dir is None
     if args.resolution <= 0 or args.resolution % 8:
         raise ValueError(
             f"--resolution must be a positive multiple of 8 (the VAE downsamples by 8), got {args.resolution}"
@@ -310,15 +325,11 @@ def check_args(args: argparse.Namespace) -> None:
                 "--enable_xformers_memory_efficient_attention needs xformers (pip install xformers, a wheel built "
                 "for your torch); without the flag the UNet uses PyTorch's SDPA attention"
             ) from None
-    args.lq_config = resolve_preset(args.lq_preset, "--lq_preset")
-    args.elq_config = resolve_preset(args.elq_preset, "--elq_preset")
     if args.use_8bit_adam:
         try:
             import bitsandbytes  # noqa: F401
         except ImportError:
             raise ValueError("--use_8bit_adam needs bitsandbytes: pip install bitsandbytes (Linux, CUDA)") from None
-    config = IRIBLossConfig(**loss_config_kwargs(args))  # validates weights, probabilities, ranges
-    args.lpips_weight, args.blur_weight = config.lpips_weight, config.blur_weight  # the mode's defaults
     if args.lpips_weight > 0:
         try:
             import lpips  # noqa: F401
@@ -344,8 +355,6 @@ def check_args(args: argparse.Namespace) -> None:
             raise ValueError(f"--resume_from_checkpoint {args.resume_from_checkpoint!r} is not a folder")
         checkpoint_step(args.resume_from_checkpoint, "--resume_from_checkpoint")  # complete, and its step known
     check_output_dir(args)
-    if args.push_to_hub and args.hub_model_id is None:
-        args.hub_model_id = Path(args.output_dir).name
     if args.restorer_adapter is not None and (args.mode == "irib" or needs_restorer_init(args)):
         check_restorer_base(args)
 
@@ -595,7 +604,7 @@ def init_from_restorer(pipe, args: argparse.Namespace, role: str) -> None:
     with adapters.use_adapter_set(pipe.unet, pipe.vae, None):
         config = pipe.load_adapter_set(restorer_source(args), role=role, trainable=True, **hub_kwargs)
     # What the copy is now: a set for the ELQ preset on this base (the card and the config say so).
-    record = adapters.registry.require_role(pipe.unet, role).config
+    record = adapters.require_role(pipe.unet, role).config
     record.degradation_preset = args.elq_config.to_dict()
     record.base_model_name_or_path = args.pretrained_model_name_or_path
     logger.info(
@@ -613,23 +622,6 @@ def cast_trainable_to_fp32(*models: torch.nn.Module) -> None:
 
 
 # ----------------------------------------------------------------------------------------------- data
-class DataState:
-    """What a checkpoint must hold to continue the data: the epoch, and a stream's position."""
-
-    def __init__(self, dataset):
-        self.dataset, self.epoch, self.stream_state = dataset, 0, None
-
-    def state_dict(self) -> dict:
-        state = {"epoch": self.epoch}
-        if isinstance(self.dataset, StreamedImageRows) and self.stream_state is not None:
-            state["stream"] = self.stream_state
-        return state
-
-    def load_state_dict(self, state: dict) -> None:
-        self.epoch = int(state.get("epoch", 0))
-        self.stream_state = state.get("stream")
-
-
 def build_dataloader(args: argparse.Namespace, accelerator: Accelerator):
     rows = open_image_dataset(
         dataset_name=args.dataset_name, dataset_config_name=args.dataset_config_name,
@@ -654,6 +646,11 @@ def build_dataloader(args: argparse.Namespace, accelerator: Accelerator):
         dataset, batch_size=args.train_batch_size, shuffle=not args.streaming, collate_fn=collate_images,
         num_workers=args.dataloader_num_workers, drop_last=True,
     )  # fmt: skip
+    if not args.streaming and len(loader) == 0:  # drop_last: fewer rows than one batch per process
+        raise ValueError(
+            f"the dataset has {len(dataset)} image(s), fewer than one batch of --train_batch_size "
+            f"{args.train_batch_size} on each of {accelerator.num_processes} process(es)"
+        )
     return dataset, loader
 
 
@@ -664,12 +661,7 @@ def load_validation_images(args: argparse.Namespace, objective: IRIBObjective) -
     crops = []
     for path in args.validation_images[: args.num_validation_images]:
         image, _ = decode_image(path)
-        scale = args.resolution / min(image.size)
-        image = image.resize((max(args.resolution, round(image.width * scale)),
-                              max(args.resolution, round(image.height * scale))), Image.BICUBIC)  # fmt: skip
-        left, top = (image.width - args.resolution) // 2, (image.height - args.resolution) // 2
-        image = image.crop((left, top, left + args.resolution, top + args.resolution))
-        crops.append(torch.from_numpy(np.asarray(image, dtype=np.float32) / 255).permute(2, 0, 1))
+        crops.append(random_crop(resize_short_side(image, args.resolution), args.resolution, center=True))
     hq = torch.stack(crops)
     b, _, h, w = hq.shape
     generator = torch.Generator().manual_seed(args.seed + 10_000)  # fixed: every validation sees the same input
@@ -694,7 +686,7 @@ def run_validation(
                 color_fix=None, generator=torch.Generator().manual_seed(args.seed), output_type="pt",
             )  # fmt: skip
             restored, lq_proxy = result.images.float().cpu(), result.lq_images.float().cpu()
-    adapters.switching.reassert_trainability(pipe.unet, pipe.vae)
+    adapters.reassert_trainability(pipe.unet, pipe.vae)
     labels = ("LQ input" if args.mode == "restorer" else "ELQ input",) + GRID_COLUMNS[1:]
     array = np.asarray(comparison_grid(list(zip(degraded, lq_proxy, restored, hq)), labels))  # panels >= 256 px
     folder = Path(args.output_dir) / "validation"
@@ -716,13 +708,11 @@ def run_validation(
 
 def _one_step_images(pipe, images: torch.Tensor, role: str) -> torch.Tensor:
     """``role``'s one-step model on ``images`` in [0, 1] with the empty prompt (the direct baseline)."""
-    from diffusers_irib.irib import one_step
-    from diffusers_irib.one_step import encode_image
+    from diffusers_irib.irib import restore
 
     embeds = pipe.encode_prompt([""] * len(images), pipe.device)
-    with adapters.use_adapter_set(pipe.unet, pipe.vae, role):
-        latents = encode_image(pipe.vae, images.to(pipe.device, pipe.vae.dtype) * 2 - 1)
-        out = one_step(pipe.unet, pipe.vae, pipe.scheduler.alphas_cumprod, latents, embeds)
+    pixels = images.to(pipe.device, pipe.vae.dtype) * 2 - 1
+    out = restore(pipe.unet, pipe.vae, pipe.scheduler.alphas_cumprod, pixels, embeds, role=role)
     return ((out.images.float() + 1) / 2).clamp(0, 1).cpu()
 
 
@@ -952,7 +942,8 @@ def check_replicas_agree(accelerator: Accelerator, params: list[torch.nn.Paramet
         raise RuntimeError(f"the processes ended with different weights (digests {codes.tolist()}): not saving")
 
 
-def main(args: argparse.Namespace) -> None:
+def setup_accelerator(args: argparse.Namespace) -> Accelerator:
+    """The Accelerator (project and logging folders, accumulation, precision), logging and the seed."""
     logging_dir = Path(args.output_dir, args.logging_dir)
     # Under torchrun without a GPU, accelerate picks DistributedType.NO (every rank trains alone)
     # unless told to use the CPU: then it is MULTI_CPU with gloo, a real DDP run.
@@ -972,7 +963,12 @@ def main(args: argparse.Namespace) -> None:
     set_seed(args.seed)
     if args.allow_tf32 and torch.cuda.is_available():
         torch.backends.cuda.matmul.allow_tf32 = True
-    resume = find_resume_checkpoint(args)  # before any model loads
+    return accelerator
+
+
+def prepare_output_dir(args: argparse.Namespace, accelerator: Accelerator) -> str | None:
+    """Create the Hub repo when asked, then the output folder without an earlier run's leftovers
+    (before any model loads). Returns the Hub repo id, or None."""
     repo_id = None
     if args.push_to_hub and accelerator.is_main_process:  # before anything is written or loaded
         repo_id = create_hub_repo(args.hub_model_id, args.hub_token)
@@ -983,35 +979,27 @@ def main(args: argparse.Namespace) -> None:
                 logger.info(f"--overwrite_output_dir: removing the earlier run's {os.path.basename(stale)}")
                 shutil.rmtree(stale)
         remove_interrupted_checkpoints(args.output_dir)
+    return repo_id
 
-    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
-    lpips_fn = build_lpips(args, accelerator.device)  # a download: may stop the run, before the models load
-    pipe = load_models(args, accelerator, weight_dtype)
-    extractor = build_prompt_extractor(args, accelerator.device)
-    objective = IRIBObjective.from_pipeline(
-        pipe, config=IRIBLossConfig(**loss_config_kwargs(args)), lq_degradation=RealESRGANDegradation(args.lq_config),
-        elq_degradation=RealESRGANDegradation(args.elq_config), lpips_fn=lpips_fn,
-        prompt_extractor=extractor, negative_prompt=args.negative_prompt,
-    )  # fmt: skip
-    role = objective.trained_role
-    trained_roles = [role] + ([REGULARIZER] if objective.regularizer_parameters() else [])
-    if weight_dtype != torch.float32:
-        cast_trainable_to_fp32(pipe.unet, pipe.vae)
-    params = objective.trainable_parameters()
-    reg_params = objective.regularizer_parameters()
-    n_params = sum(p.numel() for p in params)
-    logger.info(f"training {role!r}: {n_params / 1e6:.2f} M parameters; regularizer {sum(p.numel() for p in reg_params) / 1e6:.2f} M")  # fmt: skip
 
-    dataset, loader = build_dataloader(args, accelerator)
-    if not args.streaming and len(loader) == 0:  # drop_last: fewer rows than one batch per process
-        raise ValueError(
-            f"the dataset has {len(dataset)} image(s), fewer than one batch of --train_batch_size "
-            f"{args.train_batch_size} on each of {accelerator.num_processes} process(es)"
-        )
-    data_state = DataState(dataset)
-    if args.max_train_steps is None:  # map-style data only (a stream needs --max_train_steps)
-        updates_per_epoch = math.ceil(len(loader) / accelerator.num_processes / args.gradient_accumulation_steps)
-        args.max_train_steps = args.num_train_epochs * updates_per_epoch
+def build_objective(args: argparse.Namespace, pipe, lpips_fn, extractor) -> IRIBObjective:
+    return IRIBObjective.from_pipeline(
+        pipe,
+        config=IRIBLossConfig(**loss_config_kwargs(args)),
+        lq_degradation=RealESRGANDegradation(args.lq_config),
+        elq_degradation=RealESRGANDegradation(args.elq_config),
+        lpips_fn=lpips_fn,
+        prompt_extractor=extractor,
+        negative_prompt=args.negative_prompt,
+    )
+
+
+def build_optimizers(
+    args: argparse.Namespace, accelerator: Accelerator, params: list, reg_params: list
+) -> tuple[list[torch.optim.Optimizer], list]:
+    """AdamW (or bitsandbytes' 8-bit AdamW) with its scheduler for the trained set, and a constant-rate
+    one for the regularizer when there is one; ``--scale_lr`` scales the rates first."""
+    from diffusers.optimization import get_scheduler
 
     if args.scale_lr:  # diffusers' examples: the rate grows with the total batch
         scale = args.gradient_accumulation_steps * args.train_batch_size * accelerator.num_processes
@@ -1023,40 +1011,29 @@ def main(args: argparse.Namespace) -> None:
         import bitsandbytes as bnb
 
         optimizer_cls = bnb.optim.AdamW8bit
-    from diffusers.optimization import get_scheduler
-
+    adam = {"betas": (args.adam_beta1, args.adam_beta2), "weight_decay": args.adam_weight_decay, "eps": args.adam_epsilon}
+    optimizers = [optimizer_cls(params, lr=args.learning_rate, **adam)]
     # The prepared schedulers step once per process per update (diffusers' examples' convention).
-    adam = {
-        "betas": (args.adam_beta1, args.adam_beta2),
-        "weight_decay": args.adam_weight_decay,
-        "eps": args.adam_epsilon,
-    }
-    optimizer = optimizer_cls(params, lr=args.learning_rate, **adam)
-    optimizers = [optimizer]
-    main_scheduler = get_scheduler(
-        args.lr_scheduler,
-        optimizer,
-        num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
-        num_training_steps=args.max_train_steps * accelerator.num_processes,
-        num_cycles=args.lr_num_cycles,
-        power=args.lr_power,
-    )
-    schedulers = [main_scheduler]
+    schedulers = [
+        get_scheduler(
+            args.lr_scheduler,
+            optimizers[0],
+            num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
+            num_training_steps=args.max_train_steps * accelerator.num_processes,
+            num_cycles=args.lr_num_cycles,
+            power=args.lr_power,
+        )
+    ]
     if reg_params:
         reg_lr = args.regularizer_learning_rate or args.learning_rate
         optimizers.append(optimizer_cls(reg_params, lr=reg_lr, **adam))
         schedulers.append(get_scheduler("constant", optimizers[-1]))
+    return optimizers, schedulers
 
-    step_module = IRIBTrainingStep(objective)
-    # A streamed dataset is already split by process: accelerate must not shard or dispatch it again.
-    n = len(optimizers)
-    prepared = accelerator.prepare(step_module, *optimizers, *schedulers, *([] if args.streaming else [loader]))
-    step_module, optimizers, schedulers = prepared[0], list(prepared[1 : 1 + n]), list(prepared[1 + n : 1 + 2 * n])
-    if not args.streaming:
-        loader = prepared[-1]
-    accelerator.register_for_checkpointing(data_state)
 
-    # Checkpoints hold the trainable sets in the adapter-set format, not the 866M-parameter base.
+def register_checkpoint_hooks(accelerator: Accelerator, pipe, trained_roles: list[str]) -> None:
+    """Checkpoints hold the trainable sets in the adapter-set format, not the 866M-parameter base."""
+
     def save_model_hook(models, weights, output_dir):
         if accelerator.is_main_process:
             save_trained_sets(pipe.unet, pipe.vae, output_dir, trained_roles)
@@ -1070,28 +1047,79 @@ def main(args: argparse.Namespace) -> None:
     accelerator.register_save_state_pre_hook(save_model_hook)
     accelerator.register_load_state_pre_hook(load_model_hook)
 
+
+def init_trackers(args: argparse.Namespace, accelerator: Accelerator) -> None:
     if args.report_to != "none":
         tracker_config = {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))}
         tracker_config.pop("hub_token", None)  # a secret: never in a run's logged config
         accelerator.init_trackers(args.tracker_project_name, config=tracker_config)
 
-    global_step = 0
-    if args.resume_from_checkpoint:
-        if resume is None:
-            logger.info("no checkpoint to resume from: starting a new run")
-        else:
-            path, global_step = resume
-            logger.info(f"resuming from {path} (step {global_step})")
-            accelerator.load_state(path)
-            if isinstance(dataset, StreamedImageRows) and data_state.stream_state is not None:
-                dataset.load_state_dict(data_state.stream_state)
-            elif isinstance(dataset, StreamedImageRows):
-                logger.warning("the stream position was not saved (DataLoader workers): the stream restarts")
 
-    validation = None
-    if args.validation_images:
-        validation = load_validation_images(args, objective)
+def resume_training(
+    args: argparse.Namespace, accelerator: Accelerator, resume: tuple[str, int] | None, data: ResumableBatches
+) -> int:
+    """Load the checkpoint to resume from, if any; returns the step the run continues from."""
+    if not args.resume_from_checkpoint:
+        return 0
+    if resume is None:
+        logger.info("no checkpoint to resume from: starting a new run")
+        return 0
+    path, global_step = resume
+    logger.info(f"resuming from {path} (step {global_step})")
+    accelerator.load_state(path)
+    if not data.restore_stream_position():
+        logger.warning("the stream position was not saved (DataLoader workers): the stream restarts")
+    return global_step
 
+
+def optimization_step(
+    args: argparse.Namespace,
+    accelerator: Accelerator,
+    step_module,
+    objective: IRIBObjective,
+    batch: dict,
+    generator: torch.Generator,
+    optimizers: list,
+    schedulers: list,
+    params: list,
+    reg_params: list,
+) -> dict[str, torch.Tensor]:
+    """One micro-batch: degrade the HQ crops, compute the losses, backward; clip and step when the
+    accumulated gradients are synchronised. Returns the losses."""
+    with accelerator.accumulate(step_module):
+        hq = batch["pixel_values"].to(accelerator.device)
+        irib_batch = objective.make_batch(hq, generator=generator)
+        with accelerator.autocast():
+            losses = step_module(irib_batch, generator=generator)
+        accelerator.backward(losses["loss"])
+        if accelerator.sync_gradients and args.max_grad_norm > 0:
+            accelerator.clip_grad_norm_(params, args.max_grad_norm)
+            if reg_params:
+                accelerator.clip_grad_norm_(reg_params, args.max_grad_norm)
+        for opt, sched in zip(optimizers, schedulers):
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+    return losses
+
+
+def train(
+    args: argparse.Namespace,
+    accelerator: Accelerator,
+    pipe,
+    objective: IRIBObjective,
+    step_module,
+    optimizers: list,
+    schedulers: list,
+    params: list,
+    reg_params: list,
+    data: ResumableBatches,
+    global_step: int,
+    validation=None,
+    extractor=None,
+) -> tuple[int, str | None]:
+    """The step loop from ``global_step`` to ``--max_train_steps``: log, checkpoint, validate.
+    Returns the last step and the last validation grid (or None)."""
     total_batch = args.train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
     logger.info(
         f"***** training: {args.max_train_steps} steps, total batch {total_batch}, from step {global_step} *****"
@@ -1099,35 +1127,12 @@ def main(args: argparse.Namespace) -> None:
     skipped_total, converted_total = Counter(), 0
     sample_log = None
     if args.log_sample_ids:
+        logging_dir = Path(args.output_dir, args.logging_dir)
         os.makedirs(logging_dir, exist_ok=True)
         sample_log = open(logging_dir / f"samples-rank{accelerator.process_index}.jsonl", "a")
-
-    def batches():
-        """(epoch, batch) forever. Map-style data resumes exactly: the epoch and the batches already
-        used follow from the step count, and the seeded sampler repeats the epoch's order."""
-        epoch, done = data_state.epoch, 0
-        if not args.streaming:
-            epoch, done = divmod(global_step * args.gradient_accumulation_steps, len(loader))
-        while True:
-            data_state.epoch = epoch
-            dataset.set_epoch(epoch)
-            source = loader
-            if not args.streaming:
-                loader.set_epoch(epoch)
-                source = accelerator.skip_first_batches(loader, done) if done else loader
-                done = 0
-            empty = True
-            for batch in source:
-                empty = False
-                yield epoch, batch
-            if empty:  # e.g. fewer readable images than one batch per process: never spin on nothing
-                raise RuntimeError(f"epoch {epoch} gave no batch of {args.train_batch_size} images on process "
-                                   f"{accelerator.process_index}: the dataset is too small or unreadable")  # fmt: skip
-            epoch += 1
-
     micro = 0
     wait_time = compute_time = 0.0
-    stream = batches()
+    stream = data.iterate(batches_done=global_step * args.gradient_accumulation_steps)
     grid = None
     logs = None
     # The console shows a bar with the loss terms; every per-step value goes to the trackers.
@@ -1139,30 +1144,16 @@ def main(args: argparse.Namespace) -> None:
         while global_step < args.max_train_steps:
             tick = time.perf_counter()
             _, batch = next(stream)
-            if isinstance(dataset, StreamedImageRows) and args.dataloader_num_workers == 0:
-                data_state.stream_state = dataset.state_dict()
             skipped_total.update(batch["skipped"])
             converted_total += batch["converted"]
             if sample_log is not None:
                 sample_log.write(json.dumps({"step": global_step, "micro": micro, "ids": batch["sample_ids"]}) + "\n")
             waited = time.perf_counter() - tick
-            with accelerator.accumulate(step_module):
-                generator = torch.Generator().manual_seed(
-                    step_seed(args.seed, accelerator.process_index, global_step, micro)
-                )
-                hq = batch["pixel_values"].to(accelerator.device)
-                irib_batch = objective.make_batch(hq, generator=generator)
-                with accelerator.autocast():
-                    losses = step_module(irib_batch, generator=generator)
-                accelerator.backward(losses["loss"])
-                if accelerator.sync_gradients and args.max_grad_norm > 0:
-                    accelerator.clip_grad_norm_(params, args.max_grad_norm)
-                    if reg_params:
-                        accelerator.clip_grad_norm_(reg_params, args.max_grad_norm)
-                for opt, sched in zip(optimizers, schedulers):
-                    opt.step()
-                    sched.step()
-                    opt.zero_grad(set_to_none=True)
+            seed = step_seed(args.seed, accelerator.process_index, global_step, micro)
+            losses = optimization_step(
+                args, accelerator, step_module, objective, batch, torch.Generator().manual_seed(seed),
+                optimizers, schedulers, params, reg_params,
+            )  # fmt: skip
             micro += 1
             wait_time += waited
             compute_time += time.perf_counter() - tick - waited
@@ -1171,8 +1162,10 @@ def main(args: argparse.Namespace) -> None:
             global_step += 1
             micro = 0
             logs = {k: float(accelerator.gather(v.detach().float().reshape(1)).mean()) for k, v in losses.items()}
-            logs.update({"lr": schedulers[0].get_last_lr()[0], "data_wait_fraction": wait_time / max(wait_time + compute_time, 1e-9),
-                         "images_skipped": sum(skipped_total.values()), "images_converted": converted_total})  # fmt: skip
+            logs["lr"] = schedulers[0].get_last_lr()[0]
+            logs["data_wait_fraction"] = wait_time / max(wait_time + compute_time, 1e-9)
+            logs["images_skipped"] = sum(skipped_total.values())
+            logs["images_converted"] = converted_total
             logs.update({f"images_skipped/{k}": v for k, v in skipped_total.items()})
             wait_time = compute_time = 0.0
             accelerator.log(logs, step=global_step)
@@ -1191,7 +1184,6 @@ def main(args: argparse.Namespace) -> None:
             ):
                 grid = run_validation(pipe, args, *validation, global_step, accelerator, extractor)
                 step_module.train()
-
     finally:
         progress_bar.close()
     if logs is not None:  # the last step's values, once on the console
@@ -1203,6 +1195,53 @@ def main(args: argparse.Namespace) -> None:
         )
     if sample_log is not None:
         sample_log.close()
+    return global_step, grid
+
+
+def main(args: argparse.Namespace) -> None:
+    accelerator = setup_accelerator(args)
+    resume = find_resume_checkpoint(args)  # before any model loads
+    repo_id = prepare_output_dir(args, accelerator)
+
+    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
+    lpips_fn = build_lpips(args, accelerator.device)  # a download: may stop the run, before the models load
+    pipe = load_models(args, accelerator, weight_dtype)
+    extractor = build_prompt_extractor(args, accelerator.device)
+    objective = build_objective(args, pipe, lpips_fn, extractor)
+    role = objective.trained_role
+    trained_roles = [role] + ([REGULARIZER] if objective.regularizer_parameters() else [])
+    if weight_dtype != torch.float32:
+        cast_trainable_to_fp32(pipe.unet, pipe.vae)
+    params = objective.trainable_parameters()
+    reg_params = objective.regularizer_parameters()
+    n_params, n_reg = sum(p.numel() for p in params), sum(p.numel() for p in reg_params)
+    logger.info(f"training {role!r}: {n_params / 1e6:.2f} M parameters; regularizer {n_reg / 1e6:.2f} M")
+
+    dataset, loader = build_dataloader(args, accelerator)
+    if args.max_train_steps is None:  # map-style data only (a stream needs --max_train_steps)
+        updates_per_epoch = math.ceil(len(loader) / accelerator.num_processes / args.gradient_accumulation_steps)
+        args.max_train_steps = args.num_train_epochs * updates_per_epoch
+    optimizers, schedulers = build_optimizers(args, accelerator, params, reg_params)
+
+    # A streamed dataset is already split by process: accelerate must not shard or dispatch it again.
+    n = len(optimizers)
+    prepared = accelerator.prepare(
+        IRIBTrainingStep(objective), *optimizers, *schedulers, *([] if args.streaming else [loader])
+    )
+    step_module, optimizers, schedulers = prepared[0], list(prepared[1 : 1 + n]), list(prepared[1 + n : 1 + 2 * n])
+    if not args.streaming:
+        loader = prepared[-1]
+    data = ResumableBatches(dataset, loader, args.train_batch_size, accelerator.process_index)
+    accelerator.register_for_checkpointing(data)
+    register_checkpoint_hooks(accelerator, pipe, trained_roles)
+    init_trackers(args, accelerator)
+    global_step = resume_training(args, accelerator, resume, data)
+    validation = load_validation_images(args, objective) if args.validation_images else None
+
+    global_step, grid = train(
+        args, accelerator, pipe, objective, step_module, optimizers, schedulers, params, reg_params, data,
+        global_step, validation, extractor,
+    )  # fmt: skip
     check_replicas_agree(accelerator, params + reg_params)
     accelerator.wait_for_everyone()
     upload_failure = None
