@@ -79,6 +79,16 @@ NOT_PUBLISHED = ["checkpoint-*", "checkpoint-*/**", "logs/**", "validation/**"]
 CHECKPOINT_NAME = re.compile(r"checkpoint-([0-9]+)")
 #: Written last into a checkpoint: its step and every file with its size. No record, no checkpoint.
 CHECKPOINT_RECORD = "irib_checkpoint.json"
+#: Integer arguments that must be positive (those that may be omitted are checked when given).
+POSITIVE_ARGS = (
+    "train_batch_size",
+    "gradient_accumulation_steps",
+    "rank",
+    "checkpointing_steps",
+    "validation_steps",
+    "num_train_epochs",
+    "shuffle_buffer_size",
+)
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".ppm", ".pgm"}
 
 
@@ -101,10 +111,17 @@ def parse_args(input_args: list[str] | None = None) -> argparse.Namespace:
     model.add_argument("--pretrained_model_name_or_path", default=DEFAULT_BASE, help="SD2.1-base folder or Hub id.")
     model.add_argument("--revision", default=None, help="Revision of the base model on the Hub.")
     model.add_argument("--variant", default=None, help="Variant of the base weights, e.g. fp16.")
-    model.add_argument("--restorer_adapter", default=None,
-                       help="Folder or Hub id of the frozen restorer set (e.g. a converted OSEDiff); needed by --mode irib.")  # fmt: skip
-    model.add_argument("--mode", choices=["irib", "direct", "restorer"], default="irib",
-                       help="irib: projector against a frozen restorer; direct: one set ELQ->HQ; restorer: LQ->HQ.")  # fmt: skip
+    model.add_argument(
+        "--restorer_adapter",
+        default=None,
+        help="Folder or Hub id of the frozen restorer set (e.g. a converted OSEDiff); needed by --mode irib.",
+    )
+    model.add_argument(
+        "--mode",
+        choices=["irib", "direct", "restorer"],
+        default="irib",
+        help="irib: projector against a frozen restorer; direct: one set ELQ->HQ; restorer: LQ->HQ.",
+    )
     model.add_argument(
         "--direct_init",
         choices=["restorer", "base"],
@@ -114,13 +131,21 @@ def parse_args(input_args: list[str] | None = None) -> argparse.Namespace:
     )
 
     data = parser.add_argument_group("data")
-    data.add_argument("--dataset_name", default=None, help=f"Hub dataset (default {DEFAULT_DATASET} unless --train_data_dir).")  # fmt: skip
+    data.add_argument(
+        "--dataset_name", default=None, help=f"Hub dataset (default {DEFAULT_DATASET} unless --train_data_dir)."
+    )
     data.add_argument("--dataset_config_name", default=None)
-    data.add_argument("--train_data_dir", default=None, help="A local folder of images (read with datasets' imagefolder).")  # fmt: skip
+    data.add_argument(
+        "--train_data_dir", default=None, help="A local folder of images (read with datasets' imagefolder)."
+    )
     data.add_argument("--image_column", default="image")
     data.add_argument("--cache_dir", default=None, help="Where models and datasets are cached.")
-    data.add_argument("--streaming", action=argparse.BooleanOptionalAction, default=None,
-                      help="Stream the dataset (default: on for Hub datasets, off for a local folder).")  # fmt: skip
+    data.add_argument(
+        "--streaming",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="Stream the dataset (default: on for Hub datasets, off for a local folder).",
+    )
     data.add_argument("--shuffle_buffer_size", type=int, default=1000, help="Shuffle buffer of a streamed dataset.")
     data.add_argument("--max_train_samples", type=int, default=None, help="Use only this many rows (debugging).")
     data.add_argument("--resolution", type=int, default=512, help="Square training crops; a multiple of 8.")
@@ -183,8 +208,11 @@ def parse_args(input_args: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="Read eq. 17 literally (epsilon space, no guidance, the printed 1/2: half OSEDiff's strength).",
     )
-    loss.add_argument("--lpips_random_backbone", action="store_true",
-                      help="LPIPS with a random VGG (offline tests only; real runs use the pretrained one).")  # fmt: skip
+    loss.add_argument(
+        "--lpips_random_backbone",
+        action="store_true",
+        help="LPIPS with a random VGG (offline tests only; real runs use the pretrained one).",
+    )
 
     optim = parser.add_argument_group("optimisation")
     optim.add_argument("--train_batch_size", type=int, default=4, help="Per device.")
@@ -197,8 +225,11 @@ def parse_args(input_args: list[str] | None = None) -> argparse.Namespace:
         "--scale_lr", action="store_true", help="Multiply the learning rates by batch x accumulation x processes."
     )
     optim.add_argument("--regularizer_learning_rate", type=float, default=None, help="Default: --learning_rate.")
-    optim.add_argument("--lr_scheduler", default="constant",
-                       choices=["linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup"])  # fmt: skip
+    optim.add_argument(
+        "--lr_scheduler",
+        default="constant",
+        choices=["linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup"],
+    )
     optim.add_argument("--lr_warmup_steps", type=int, default=0)
     optim.add_argument("--lr_num_cycles", type=int, default=1, help="Hard restarts of cosine_with_restarts.")
     optim.add_argument("--lr_power", type=float, default=1.0, help="Power of the polynomial scheduler.")
@@ -250,8 +281,11 @@ def parse_args(input_args: list[str] | None = None) -> argparse.Namespace:
     )
     out.add_argument("--hub_model_id", default=None, help="Hub repo id (default: the name of --output_dir).")
     out.add_argument("--hub_token", default=None, help="Hub token (default: the one `hf auth login` saved).")
-    out.add_argument("--log_sample_ids", action="store_true",
-                     help="Write the ids of every rank's samples to logs/samples-rank<r>.jsonl (data debugging).")  # fmt: skip
+    out.add_argument(
+        "--log_sample_ids",
+        action="store_true",
+        help="Write the ids of every rank's samples to logs/samples-rank<r>.jsonl (data debugging).",
+    )
 
     args = parser.parse_args(input_args)
     resolve_defaults(args)
@@ -296,8 +330,7 @@ def check_args(args: argparse.Namespace) -> None:
         raise ValueError(
             f"--resolution must be a positive multiple of 8 (the VAE downsamples by 8), got {args.resolution}"
         )
-    for name in ("train_batch_size", "gradient_accumulation_steps", "rank", "checkpointing_steps", "validation_steps",
-                 "num_train_epochs", "shuffle_buffer_size"):  # fmt: skip
+    for name in POSITIVE_ARGS:
         if getattr(args, name) <= 0:
             raise ValueError(f"--{name} must be positive, got {getattr(args, name)}")
     for name in ("max_train_steps", "max_train_samples", "checkpoints_total_limit"):
@@ -503,11 +536,19 @@ def check_restorer_base(args: argparse.Namespace) -> None:
 
 def loss_config_kwargs(args: argparse.Namespace) -> dict:
     kwargs = dict(
-        mode=args.mode, lq_weight=args.lq_weight, prior_weight=args.prior_weight, l2_weight=args.l2_weight,
-        lpips_weight=args.lpips_weight, blur_weight=args.blur_weight, guidance_scale=args.prior_guidance_scale,
-        literal_eq17=args.literal_eq17, prompt_source=args.prompt_source, prompt_dropout=args.prompt_dropout,
-        prompt_dropout_scope=args.prompt_dropout_scope, pixel_range=tuple(float(v) for v in args.pixel_range.split(",")),
-    )  # fmt: skip
+        mode=args.mode,
+        lq_weight=args.lq_weight,
+        prior_weight=args.prior_weight,
+        l2_weight=args.l2_weight,
+        lpips_weight=args.lpips_weight,
+        blur_weight=args.blur_weight,
+        guidance_scale=args.prior_guidance_scale,
+        literal_eq17=args.literal_eq17,
+        prompt_source=args.prompt_source,
+        prompt_dropout=args.prompt_dropout,
+        prompt_dropout_scope=args.prompt_dropout_scope,
+        pixel_range=tuple(float(v) for v in args.pixel_range.split(",")),
+    )
     if args.lq_blur_sigma is not None:
         kwargs["lq_blur_sigma"] = args.lq_blur_sigma
     if args.hq_blur_sigma is not None:
@@ -569,9 +610,12 @@ def load_models(args: argparse.Namespace, accelerator: Accelerator, weight_dtype
 
     restorer = args.restorer_adapter if args.mode == "irib" else None
     pipe = IRIBRestorationPipeline.from_pretrained(
-        args.pretrained_model_name_or_path, restorer=restorer, revision=args.revision, variant=args.variant,
+        args.pretrained_model_name_or_path,
+        restorer=restorer,
+        revision=args.revision,
+        variant=args.variant,
         cache_dir=args.cache_dir,
-    )  # fmt: skip
+    )
     pipe.set_progress_bar_config(disable=True)
     role = TRAINED_ROLE[args.mode]
     for stale in (role, REGULARIZER):  # a base folder may carry saved sets; the trained ones start fresh
@@ -587,10 +631,14 @@ def load_models(args: argparse.Namespace, accelerator: Accelerator, weight_dtype
     else:
         with adapters.use_adapter_set(pipe.unet, pipe.vae, None):
             pipe.add_adapter_set(
-                role, rank=args.rank, alpha=args.lora_alpha, conv_in=args.mode == "restorer", trainable=True,
+                role,
+                rank=args.rank,
+                alpha=args.lora_alpha,
+                conv_in=args.mode == "restorer",
+                trainable=True,
                 base_model_name_or_path=args.pretrained_model_name_or_path,
                 degradation_preset=(args.lq_config if args.mode == "restorer" else args.elq_config).to_dict(),
-            )  # fmt: skip
+            )
     if args.enable_xformers_memory_efficient_attention:
         pipe.unet.enable_xformers_memory_efficient_attention()
     if args.gradient_checkpointing:
@@ -624,12 +672,20 @@ def cast_trainable_to_fp32(*models: torch.nn.Module) -> None:
 # ----------------------------------------------------------------------------------------------- data
 def build_dataloader(args: argparse.Namespace, accelerator: Accelerator):
     rows = open_image_dataset(
-        dataset_name=args.dataset_name, dataset_config_name=args.dataset_config_name,
-        train_data_dir=args.train_data_dir, image_column=args.image_column, streaming=args.streaming,
+        dataset_name=args.dataset_name,
+        dataset_config_name=args.dataset_config_name,
+        train_data_dir=args.train_data_dir,
+        image_column=args.image_column,
+        streaming=args.streaming,
         cache_dir=args.cache_dir,
-    )  # fmt: skip
-    common = dict(image_column=args.image_column, resolution=args.resolution, random_flip=args.random_flip,
-                  seed=args.seed, min_size=args.min_image_size)  # fmt: skip
+    )
+    common = dict(
+        image_column=args.image_column,
+        resolution=args.resolution,
+        random_flip=args.random_flip,
+        seed=args.seed,
+        min_size=args.min_image_size,
+    )
     if args.streaming:
         from datasets.distributed import split_dataset_by_node
 
@@ -643,9 +699,13 @@ def build_dataloader(args: argparse.Namespace, accelerator: Accelerator):
             rows = rows.select(range(min(args.max_train_samples, len(rows))))
         dataset = ImageRows(rows, **common)
     loader = torch.utils.data.DataLoader(
-        dataset, batch_size=args.train_batch_size, shuffle=not args.streaming, collate_fn=collate_images,
-        num_workers=args.dataloader_num_workers, drop_last=True,
-    )  # fmt: skip
+        dataset,
+        batch_size=args.train_batch_size,
+        shuffle=not args.streaming,
+        collate_fn=collate_images,
+        num_workers=args.dataloader_num_workers,
+        drop_last=True,
+    )
     if not args.streaming and len(loader) == 0:  # drop_last: fewer rows than one batch per process
         raise ValueError(
             f"the dataset has {len(dataset)} image(s), fewer than one batch of --train_batch_size "
@@ -682,9 +742,14 @@ def run_validation(
             restored, lq_proxy = _one_step_images(pipe, degraded, "projector"), degraded
         else:  # irib: f then the frozen g; restorer: the trained g alone on the LQ input
             result = pipe(
-                degraded, lfo_steps=0, prompt_extractor=extractor, use_projector=args.mode == "irib",
-                color_fix=None, generator=torch.Generator().manual_seed(args.seed), output_type="pt",
-            )  # fmt: skip
+                degraded,
+                lfo_steps=0,
+                prompt_extractor=extractor,
+                use_projector=args.mode == "irib",
+                color_fix=None,
+                generator=torch.Generator().manual_seed(args.seed),
+                output_type="pt",
+            )
             restored, lq_proxy = result.images.float().cpu(), result.lq_images.float().cpu()
     adapters.reassert_trainability(pipe.unet, pipe.vae)
     labels = ("LQ input" if args.mode == "restorer" else "ELQ input",) + GRID_COLUMNS[1:]
@@ -850,8 +915,9 @@ def training_card_section(args: argparse.Namespace, steps: int, accelerator: Acc
     hardware = f"{accelerator.num_processes} x {accelerator.device.type}"
     if accelerator.device.type == "cuda":
         hardware = f"{accelerator.num_processes} x {torch.cuda.get_device_name(accelerator.device)}"
-    weights = ", ".join(f"{k} {getattr(args, k)}" for k in ("lq_weight", "prior_weight", "l2_weight", "lpips_weight",
-                                                             "blur_weight"))  # fmt: skip
+    weights = ", ".join(
+        f"{k} {getattr(args, k)}" for k in ("lq_weight", "prior_weight", "l2_weight", "lpips_weight", "blur_weight")
+    )
     lines = [
         "## Training",
         "",
@@ -1011,7 +1077,11 @@ def build_optimizers(
         import bitsandbytes as bnb
 
         optimizer_cls = bnb.optim.AdamW8bit
-    adam = {"betas": (args.adam_beta1, args.adam_beta2), "weight_decay": args.adam_weight_decay, "eps": args.adam_epsilon}
+    adam = {
+        "betas": (args.adam_beta1, args.adam_beta2),
+        "weight_decay": args.adam_weight_decay,
+        "eps": args.adam_epsilon,
+    }
     optimizers = [optimizer_cls(params, lr=args.learning_rate, **adam)]
     # The prepared schedulers step once per process per update (diffusers' examples' convention).
     schedulers = [
@@ -1077,15 +1147,16 @@ def optimization_step(
     accelerator: Accelerator,
     step_module,
     objective: IRIBObjective,
-    batch: dict,
-    generator: torch.Generator,
     optimizers: list,
     schedulers: list,
+    batch: dict,
+    generator: torch.Generator,
     params: list,
     reg_params: list,
 ) -> dict[str, torch.Tensor]:
-    """One micro-batch: degrade the HQ crops, compute the losses, backward; clip and step when the
-    accumulated gradients are synchronised. Returns the losses."""
+    """One micro-batch: degrade the HQ crops, compute the losses, backward; clip each trained set's
+    gradients (``params``, ``reg_params``) and step when the accumulated gradients are synchronised.
+    Returns the losses."""
     with accelerator.accumulate(step_module):
         hq = batch["pixel_values"].to(accelerator.device)
         irib_batch = objective.make_batch(hq, generator=generator)
@@ -1111,6 +1182,7 @@ def train(
     step_module,
     optimizers: list,
     schedulers: list,
+    *,
     params: list,
     reg_params: list,
     data: ResumableBatches,
@@ -1150,10 +1222,10 @@ def train(
                 sample_log.write(json.dumps({"step": global_step, "micro": micro, "ids": batch["sample_ids"]}) + "\n")
             waited = time.perf_counter() - tick
             seed = step_seed(args.seed, accelerator.process_index, global_step, micro)
+            generator = torch.Generator().manual_seed(seed)
             losses = optimization_step(
-                args, accelerator, step_module, objective, batch, torch.Generator().manual_seed(seed),
-                optimizers, schedulers, params, reg_params,
-            )  # fmt: skip
+                args, accelerator, step_module, objective, optimizers, schedulers, batch, generator, params, reg_params
+            )
             micro += 1
             wait_time += waited
             compute_time += time.perf_counter() - tick - waited
@@ -1239,9 +1311,20 @@ def main(args: argparse.Namespace) -> None:
     validation = load_validation_images(args, objective) if args.validation_images else None
 
     global_step, grid = train(
-        args, accelerator, pipe, objective, step_module, optimizers, schedulers, params, reg_params, data,
-        global_step, validation, extractor,
-    )  # fmt: skip
+        args,
+        accelerator,
+        pipe,
+        objective,
+        step_module,
+        optimizers,
+        schedulers,
+        params=params,
+        reg_params=reg_params,
+        data=data,
+        global_step=global_step,
+        validation=validation,
+        extractor=extractor,
+    )
     check_replicas_agree(accelerator, params + reg_params)
     accelerator.wait_for_everyone()
     upload_failure = None
@@ -1280,10 +1363,13 @@ def finish(
         shutil.copyfile(grid, os.path.join(args.output_dir, card_grid))
     datasets = [args.dataset_name] if args.dataset_name else None
     card = adapter_set_model_card(
-        config, repo_id=args.hub_model_id, training=training_card_section(args, steps, accelerator, card_grid),
-        extra_tags=None if args.mode == "irib" else [f"irib-{args.mode}-baseline"], datasets=datasets,
+        config,
+        repo_id=args.hub_model_id,
+        training=training_card_section(args, steps, accelerator, card_grid),
+        extra_tags=None if args.mode == "irib" else [f"irib-{args.mode}-baseline"],
+        datasets=datasets,
         usage=DIRECT_USAGE if args.mode == "direct" else None,
-    )  # fmt: skip
+    )
     card.save(os.path.join(args.output_dir, adapters.MODEL_CARD_NAME))
     logger.info(f"saved the {role} set to {args.output_dir}")
     if args.push_to_hub:
