@@ -46,10 +46,13 @@ from diffusers_irib.degradations import DegradationConfig, RealESRGANDegradation
 from diffusers_irib.grids import GRID_COLUMNS, comparison_grid
 from diffusers_irib.training_data import (
     ImageRows,
+    ResumableBatches,
     StreamedImageRows,
     collate_images,
     decode_image,
     open_image_dataset,
+    random_crop,
+    resize_short_side,
 )
 from diffusers_irib.training_utils import (
     OSEDIFF_NEGATIVE_PROMPT,
@@ -76,6 +79,16 @@ NOT_PUBLISHED = ["checkpoint-*", "checkpoint-*/**", "logs/**", "validation/**"]
 CHECKPOINT_NAME = re.compile(r"checkpoint-([0-9]+)")
 #: Written last into a checkpoint: its step and every file with its size. No record, no checkpoint.
 CHECKPOINT_RECORD = "irib_checkpoint.json"
+#: Integer arguments that must be positive (those that may be omitted are checked when given).
+POSITIVE_ARGS = (
+    "train_batch_size",
+    "gradient_accumulation_steps",
+    "rank",
+    "checkpointing_steps",
+    "validation_steps",
+    "num_train_epochs",
+    "shuffle_buffer_size",
+)
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".ppm", ".pgm"}
 
 
@@ -98,10 +111,17 @@ def parse_args(input_args: list[str] | None = None) -> argparse.Namespace:
     model.add_argument("--pretrained_model_name_or_path", default=DEFAULT_BASE, help="SD2.1-base folder or Hub id.")
     model.add_argument("--revision", default=None, help="Revision of the base model on the Hub.")
     model.add_argument("--variant", default=None, help="Variant of the base weights, e.g. fp16.")
-    model.add_argument("--restorer_adapter", default=None,
-                       help="Folder or Hub id of the frozen restorer set (e.g. a converted OSEDiff); needed by --mode irib.")  # fmt: skip
-    model.add_argument("--mode", choices=["irib", "direct", "restorer"], default="irib",
-                       help="irib: projector against a frozen restorer; direct: one set ELQ->HQ; restorer: LQ->HQ.")  # fmt: skip
+    model.add_argument(
+        "--restorer_adapter",
+        default=None,
+        help="Folder or Hub id of the frozen restorer set (e.g. a converted OSEDiff); needed by --mode irib.",
+    )
+    model.add_argument(
+        "--mode",
+        choices=["irib", "direct", "restorer"],
+        default="irib",
+        help="irib: projector against a frozen restorer; direct: one set ELQ->HQ; restorer: LQ->HQ.",
+    )
     model.add_argument(
         "--direct_init",
         choices=["restorer", "base"],
@@ -111,13 +131,21 @@ def parse_args(input_args: list[str] | None = None) -> argparse.Namespace:
     )
 
     data = parser.add_argument_group("data")
-    data.add_argument("--dataset_name", default=None, help=f"Hub dataset (default {DEFAULT_DATASET} unless --train_data_dir).")  # fmt: skip
+    data.add_argument(
+        "--dataset_name", default=None, help=f"Hub dataset (default {DEFAULT_DATASET} unless --train_data_dir)."
+    )
     data.add_argument("--dataset_config_name", default=None)
-    data.add_argument("--train_data_dir", default=None, help="A local folder of images (read with datasets' imagefolder).")  # fmt: skip
+    data.add_argument(
+        "--train_data_dir", default=None, help="A local folder of images (read with datasets' imagefolder)."
+    )
     data.add_argument("--image_column", default="image")
     data.add_argument("--cache_dir", default=None, help="Where models and datasets are cached.")
-    data.add_argument("--streaming", action=argparse.BooleanOptionalAction, default=None,
-                      help="Stream the dataset (default: on for Hub datasets, off for a local folder).")  # fmt: skip
+    data.add_argument(
+        "--streaming",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="Stream the dataset (default: on for Hub datasets, off for a local folder).",
+    )
     data.add_argument("--shuffle_buffer_size", type=int, default=1000, help="Shuffle buffer of a streamed dataset.")
     data.add_argument("--max_train_samples", type=int, default=None, help="Use only this many rows (debugging).")
     data.add_argument("--resolution", type=int, default=512, help="Square training crops; a multiple of 8.")
@@ -180,8 +208,11 @@ def parse_args(input_args: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="Read eq. 17 literally (epsilon space, no guidance, the printed 1/2: half OSEDiff's strength).",
     )
-    loss.add_argument("--lpips_random_backbone", action="store_true",
-                      help="LPIPS with a random VGG (offline tests only; real runs use the pretrained one).")  # fmt: skip
+    loss.add_argument(
+        "--lpips_random_backbone",
+        action="store_true",
+        help="LPIPS with a random VGG (offline tests only; real runs use the pretrained one).",
+    )
 
     optim = parser.add_argument_group("optimisation")
     optim.add_argument("--train_batch_size", type=int, default=4, help="Per device.")
@@ -194,8 +225,11 @@ def parse_args(input_args: list[str] | None = None) -> argparse.Namespace:
         "--scale_lr", action="store_true", help="Multiply the learning rates by batch x accumulation x processes."
     )
     optim.add_argument("--regularizer_learning_rate", type=float, default=None, help="Default: --learning_rate.")
-    optim.add_argument("--lr_scheduler", default="constant",
-                       choices=["linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup"])  # fmt: skip
+    optim.add_argument(
+        "--lr_scheduler",
+        default="constant",
+        choices=["linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup"],
+    )
     optim.add_argument("--lr_warmup_steps", type=int, default=0)
     optim.add_argument("--lr_num_cycles", type=int, default=1, help="Hard restarts of cosine_with_restarts.")
     optim.add_argument("--lr_power", type=float, default=1.0, help="Power of the polynomial scheduler.")
@@ -247,12 +281,31 @@ def parse_args(input_args: list[str] | None = None) -> argparse.Namespace:
     )
     out.add_argument("--hub_model_id", default=None, help="Hub repo id (default: the name of --output_dir).")
     out.add_argument("--hub_token", default=None, help="Hub token (default: the one `hf auth login` saved).")
-    out.add_argument("--log_sample_ids", action="store_true",
-                     help="Write the ids of every rank's samples to logs/samples-rank<r>.jsonl (data debugging).")  # fmt: skip
+    out.add_argument(
+        "--log_sample_ids",
+        action="store_true",
+        help="Write the ids of every rank's samples to logs/samples-rank<r>.jsonl (data debugging).",
+    )
 
     args = parser.parse_args(input_args)
+    resolve_defaults(args)
     check_args(args)
     return args
+
+
+def resolve_defaults(args: argparse.Namespace) -> None:
+    """Fill in what depends on other arguments: the dataset, streaming, the degradation configs, the
+    mode's loss weights and the Hub repo name. A preset or a loss setting that cannot be used fails here."""
+    if args.train_data_dir is None and args.dataset_name is None:
+        args.dataset_name = DEFAULT_DATASET
+    if args.streaming is None:
+        args.streaming = args.train_data_dir is None
+    args.lq_config = resolve_preset(args.lq_preset, "--lq_preset")
+    args.elq_config = resolve_preset(args.elq_preset, "--elq_preset")
+    config = IRIBLossConfig(**loss_config_kwargs(args))  # validates weights, probabilities, ranges
+    args.lpips_weight, args.blur_weight = config.lpips_weight, config.blur_weight  # the mode's defaults
+    if args.push_to_hub and args.hub_model_id is None:
+        args.hub_model_id = Path(args.output_dir).name
 
 
 def resolve_preset(spec: str, flag: str) -> DegradationConfig:
@@ -268,21 +321,16 @@ def resolve_preset(spec: str, flag: str) -> DegradationConfig:
 
 
 def check_args(args: argparse.Namespace) -> None:
-    """Every check that needs no model, before anything is loaded."""
-    if args.train_data_dir is None and args.dataset_name is None:
-        args.dataset_name = DEFAULT_DATASET
+    """Every check that needs no model, before anything is loaded (the defaults are resolved already)."""
     if args.train_data_dir is not None and args.dataset_name is not None:
         raise ValueError("give --dataset_name or --train_data_dir, not both")
     if args.train_data_dir is not None and not os.path.isdir(args.train_data_dir):
         raise ValueError(f"--train_data_dir {args.train_data_dir!r} is not a folder")
-    if args.streaming is None:
-        args.streaming = args.train_data_dir is None
     if args.resolution <= 0 or args.resolution % 8:
         raise ValueError(
             f"--resolution must be a positive multiple of 8 (the VAE downsamples by 8), got {args.resolution}"
         )
-    for name in ("train_batch_size", "gradient_accumulation_steps", "rank", "checkpointing_steps", "validation_steps",
-                 "num_train_epochs", "shuffle_buffer_size"):  # fmt: skip
+    for name in POSITIVE_ARGS:
         if getattr(args, name) <= 0:
             raise ValueError(f"--{name} must be positive, got {getattr(args, name)}")
     for name in ("max_train_steps", "max_train_samples", "checkpoints_total_limit"):
@@ -310,15 +358,11 @@ def check_args(args: argparse.Namespace) -> None:
                 "--enable_xformers_memory_efficient_attention needs xformers (pip install xformers, a wheel built "
                 "for your torch); without the flag the UNet uses PyTorch's SDPA attention"
             ) from None
-    args.lq_config = resolve_preset(args.lq_preset, "--lq_preset")
-    args.elq_config = resolve_preset(args.elq_preset, "--elq_preset")
     if args.use_8bit_adam:
         try:
             import bitsandbytes  # noqa: F401
         except ImportError:
             raise ValueError("--use_8bit_adam needs bitsandbytes: pip install bitsandbytes (Linux, CUDA)") from None
-    config = IRIBLossConfig(**loss_config_kwargs(args))  # validates weights, probabilities, ranges
-    args.lpips_weight, args.blur_weight = config.lpips_weight, config.blur_weight  # the mode's defaults
     if args.lpips_weight > 0:
         try:
             import lpips  # noqa: F401
@@ -344,8 +388,6 @@ def check_args(args: argparse.Namespace) -> None:
             raise ValueError(f"--resume_from_checkpoint {args.resume_from_checkpoint!r} is not a folder")
         checkpoint_step(args.resume_from_checkpoint, "--resume_from_checkpoint")  # complete, and its step known
     check_output_dir(args)
-    if args.push_to_hub and args.hub_model_id is None:
-        args.hub_model_id = Path(args.output_dir).name
     if args.restorer_adapter is not None and (args.mode == "irib" or needs_restorer_init(args)):
         check_restorer_base(args)
 
@@ -494,11 +536,19 @@ def check_restorer_base(args: argparse.Namespace) -> None:
 
 def loss_config_kwargs(args: argparse.Namespace) -> dict:
     kwargs = dict(
-        mode=args.mode, lq_weight=args.lq_weight, prior_weight=args.prior_weight, l2_weight=args.l2_weight,
-        lpips_weight=args.lpips_weight, blur_weight=args.blur_weight, guidance_scale=args.prior_guidance_scale,
-        literal_eq17=args.literal_eq17, prompt_source=args.prompt_source, prompt_dropout=args.prompt_dropout,
-        prompt_dropout_scope=args.prompt_dropout_scope, pixel_range=tuple(float(v) for v in args.pixel_range.split(",")),
-    )  # fmt: skip
+        mode=args.mode,
+        lq_weight=args.lq_weight,
+        prior_weight=args.prior_weight,
+        l2_weight=args.l2_weight,
+        lpips_weight=args.lpips_weight,
+        blur_weight=args.blur_weight,
+        guidance_scale=args.prior_guidance_scale,
+        literal_eq17=args.literal_eq17,
+        prompt_source=args.prompt_source,
+        prompt_dropout=args.prompt_dropout,
+        prompt_dropout_scope=args.prompt_dropout_scope,
+        pixel_range=tuple(float(v) for v in args.pixel_range.split(",")),
+    )
     if args.lq_blur_sigma is not None:
         kwargs["lq_blur_sigma"] = args.lq_blur_sigma
     if args.hq_blur_sigma is not None:
@@ -560,9 +610,12 @@ def load_models(args: argparse.Namespace, accelerator: Accelerator, weight_dtype
 
     restorer = args.restorer_adapter if args.mode == "irib" else None
     pipe = IRIBRestorationPipeline.from_pretrained(
-        args.pretrained_model_name_or_path, restorer=restorer, revision=args.revision, variant=args.variant,
+        args.pretrained_model_name_or_path,
+        restorer=restorer,
+        revision=args.revision,
+        variant=args.variant,
         cache_dir=args.cache_dir,
-    )  # fmt: skip
+    )
     pipe.set_progress_bar_config(disable=True)
     role = TRAINED_ROLE[args.mode]
     for stale in (role, REGULARIZER):  # a base folder may carry saved sets; the trained ones start fresh
@@ -578,10 +631,14 @@ def load_models(args: argparse.Namespace, accelerator: Accelerator, weight_dtype
     else:
         with adapters.use_adapter_set(pipe.unet, pipe.vae, None):
             pipe.add_adapter_set(
-                role, rank=args.rank, alpha=args.lora_alpha, conv_in=args.mode == "restorer", trainable=True,
+                role,
+                rank=args.rank,
+                alpha=args.lora_alpha,
+                conv_in=args.mode == "restorer",
+                trainable=True,
                 base_model_name_or_path=args.pretrained_model_name_or_path,
                 degradation_preset=(args.lq_config if args.mode == "restorer" else args.elq_config).to_dict(),
-            )  # fmt: skip
+            )
     if args.enable_xformers_memory_efficient_attention:
         pipe.unet.enable_xformers_memory_efficient_attention()
     if args.gradient_checkpointing:
@@ -595,7 +652,7 @@ def init_from_restorer(pipe, args: argparse.Namespace, role: str) -> None:
     with adapters.use_adapter_set(pipe.unet, pipe.vae, None):
         config = pipe.load_adapter_set(restorer_source(args), role=role, trainable=True, **hub_kwargs)
     # What the copy is now: a set for the ELQ preset on this base (the card and the config say so).
-    record = adapters.registry.require_role(pipe.unet, role).config
+    record = adapters.require_role(pipe.unet, role).config
     record.degradation_preset = args.elq_config.to_dict()
     record.base_model_name_or_path = args.pretrained_model_name_or_path
     logger.info(
@@ -613,31 +670,22 @@ def cast_trainable_to_fp32(*models: torch.nn.Module) -> None:
 
 
 # ----------------------------------------------------------------------------------------------- data
-class DataState:
-    """What a checkpoint must hold to continue the data: the epoch, and a stream's position."""
-
-    def __init__(self, dataset):
-        self.dataset, self.epoch, self.stream_state = dataset, 0, None
-
-    def state_dict(self) -> dict:
-        state = {"epoch": self.epoch}
-        if isinstance(self.dataset, StreamedImageRows) and self.stream_state is not None:
-            state["stream"] = self.stream_state
-        return state
-
-    def load_state_dict(self, state: dict) -> None:
-        self.epoch = int(state.get("epoch", 0))
-        self.stream_state = state.get("stream")
-
-
 def build_dataloader(args: argparse.Namespace, accelerator: Accelerator):
     rows = open_image_dataset(
-        dataset_name=args.dataset_name, dataset_config_name=args.dataset_config_name,
-        train_data_dir=args.train_data_dir, image_column=args.image_column, streaming=args.streaming,
+        dataset_name=args.dataset_name,
+        dataset_config_name=args.dataset_config_name,
+        train_data_dir=args.train_data_dir,
+        image_column=args.image_column,
+        streaming=args.streaming,
         cache_dir=args.cache_dir,
-    )  # fmt: skip
-    common = dict(image_column=args.image_column, resolution=args.resolution, random_flip=args.random_flip,
-                  seed=args.seed, min_size=args.min_image_size)  # fmt: skip
+    )
+    common = dict(
+        image_column=args.image_column,
+        resolution=args.resolution,
+        random_flip=args.random_flip,
+        seed=args.seed,
+        min_size=args.min_image_size,
+    )
     if args.streaming:
         from datasets.distributed import split_dataset_by_node
 
@@ -651,9 +699,18 @@ def build_dataloader(args: argparse.Namespace, accelerator: Accelerator):
             rows = rows.select(range(min(args.max_train_samples, len(rows))))
         dataset = ImageRows(rows, **common)
     loader = torch.utils.data.DataLoader(
-        dataset, batch_size=args.train_batch_size, shuffle=not args.streaming, collate_fn=collate_images,
-        num_workers=args.dataloader_num_workers, drop_last=True,
-    )  # fmt: skip
+        dataset,
+        batch_size=args.train_batch_size,
+        shuffle=not args.streaming,
+        collate_fn=collate_images,
+        num_workers=args.dataloader_num_workers,
+        drop_last=True,
+    )
+    if not args.streaming and len(loader) == 0:  # drop_last: fewer rows than one batch per process
+        raise ValueError(
+            f"the dataset has {len(dataset)} image(s), fewer than one batch of --train_batch_size "
+            f"{args.train_batch_size} on each of {accelerator.num_processes} process(es)"
+        )
     return dataset, loader
 
 
@@ -664,12 +721,7 @@ def load_validation_images(args: argparse.Namespace, objective: IRIBObjective) -
     crops = []
     for path in args.validation_images[: args.num_validation_images]:
         image, _ = decode_image(path)
-        scale = args.resolution / min(image.size)
-        image = image.resize((max(args.resolution, round(image.width * scale)),
-                              max(args.resolution, round(image.height * scale))), Image.BICUBIC)  # fmt: skip
-        left, top = (image.width - args.resolution) // 2, (image.height - args.resolution) // 2
-        image = image.crop((left, top, left + args.resolution, top + args.resolution))
-        crops.append(torch.from_numpy(np.asarray(image, dtype=np.float32) / 255).permute(2, 0, 1))
+        crops.append(random_crop(resize_short_side(image, args.resolution), args.resolution, center=True))
     hq = torch.stack(crops)
     b, _, h, w = hq.shape
     generator = torch.Generator().manual_seed(args.seed + 10_000)  # fixed: every validation sees the same input
@@ -690,11 +742,16 @@ def run_validation(
             restored, lq_proxy = _one_step_images(pipe, degraded, "projector"), degraded
         else:  # irib: f then the frozen g; restorer: the trained g alone on the LQ input
             result = pipe(
-                degraded, lfo_steps=0, prompt_extractor=extractor, use_projector=args.mode == "irib",
-                color_fix=None, generator=torch.Generator().manual_seed(args.seed), output_type="pt",
-            )  # fmt: skip
+                degraded,
+                lfo_steps=0,
+                prompt_extractor=extractor,
+                use_projector=args.mode == "irib",
+                color_fix=None,
+                generator=torch.Generator().manual_seed(args.seed),
+                output_type="pt",
+            )
             restored, lq_proxy = result.images.float().cpu(), result.lq_images.float().cpu()
-    adapters.switching.reassert_trainability(pipe.unet, pipe.vae)
+    adapters.reassert_trainability(pipe.unet, pipe.vae)
     labels = ("LQ input" if args.mode == "restorer" else "ELQ input",) + GRID_COLUMNS[1:]
     array = np.asarray(comparison_grid(list(zip(degraded, lq_proxy, restored, hq)), labels))  # panels >= 256 px
     folder = Path(args.output_dir) / "validation"
@@ -716,13 +773,11 @@ def run_validation(
 
 def _one_step_images(pipe, images: torch.Tensor, role: str) -> torch.Tensor:
     """``role``'s one-step model on ``images`` in [0, 1] with the empty prompt (the direct baseline)."""
-    from diffusers_irib.irib import one_step
-    from diffusers_irib.one_step import encode_image
+    from diffusers_irib.irib import restore
 
     embeds = pipe.encode_prompt([""] * len(images), pipe.device)
-    with adapters.use_adapter_set(pipe.unet, pipe.vae, role):
-        latents = encode_image(pipe.vae, images.to(pipe.device, pipe.vae.dtype) * 2 - 1)
-        out = one_step(pipe.unet, pipe.vae, pipe.scheduler.alphas_cumprod, latents, embeds)
+    pixels = images.to(pipe.device, pipe.vae.dtype) * 2 - 1
+    out = restore(pipe.unet, pipe.vae, pipe.scheduler.alphas_cumprod, pixels, embeds, role=role)
     return ((out.images.float() + 1) / 2).clamp(0, 1).cpu()
 
 
@@ -860,8 +915,9 @@ def training_card_section(args: argparse.Namespace, steps: int, accelerator: Acc
     hardware = f"{accelerator.num_processes} x {accelerator.device.type}"
     if accelerator.device.type == "cuda":
         hardware = f"{accelerator.num_processes} x {torch.cuda.get_device_name(accelerator.device)}"
-    weights = ", ".join(f"{k} {getattr(args, k)}" for k in ("lq_weight", "prior_weight", "l2_weight", "lpips_weight",
-                                                             "blur_weight"))  # fmt: skip
+    weights = ", ".join(
+        f"{k} {getattr(args, k)}" for k in ("lq_weight", "prior_weight", "l2_weight", "lpips_weight", "blur_weight")
+    )
     lines = [
         "## Training",
         "",
@@ -952,7 +1008,8 @@ def check_replicas_agree(accelerator: Accelerator, params: list[torch.nn.Paramet
         raise RuntimeError(f"the processes ended with different weights (digests {codes.tolist()}): not saving")
 
 
-def main(args: argparse.Namespace) -> None:
+def setup_accelerator(args: argparse.Namespace) -> Accelerator:
+    """The Accelerator (project and logging folders, accumulation, precision), logging and the seed."""
     logging_dir = Path(args.output_dir, args.logging_dir)
     # Under torchrun without a GPU, accelerate picks DistributedType.NO (every rank trains alone)
     # unless told to use the CPU: then it is MULTI_CPU with gloo, a real DDP run.
@@ -972,7 +1029,12 @@ def main(args: argparse.Namespace) -> None:
     set_seed(args.seed)
     if args.allow_tf32 and torch.cuda.is_available():
         torch.backends.cuda.matmul.allow_tf32 = True
-    resume = find_resume_checkpoint(args)  # before any model loads
+    return accelerator
+
+
+def prepare_output_dir(args: argparse.Namespace, accelerator: Accelerator) -> str | None:
+    """Create the Hub repo when asked, then the output folder without an earlier run's leftovers
+    (before any model loads). Returns the Hub repo id, or None."""
     repo_id = None
     if args.push_to_hub and accelerator.is_main_process:  # before anything is written or loaded
         repo_id = create_hub_repo(args.hub_model_id, args.hub_token)
@@ -983,35 +1045,27 @@ def main(args: argparse.Namespace) -> None:
                 logger.info(f"--overwrite_output_dir: removing the earlier run's {os.path.basename(stale)}")
                 shutil.rmtree(stale)
         remove_interrupted_checkpoints(args.output_dir)
+    return repo_id
 
-    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
-    lpips_fn = build_lpips(args, accelerator.device)  # a download: may stop the run, before the models load
-    pipe = load_models(args, accelerator, weight_dtype)
-    extractor = build_prompt_extractor(args, accelerator.device)
-    objective = IRIBObjective.from_pipeline(
-        pipe, config=IRIBLossConfig(**loss_config_kwargs(args)), lq_degradation=RealESRGANDegradation(args.lq_config),
-        elq_degradation=RealESRGANDegradation(args.elq_config), lpips_fn=lpips_fn,
-        prompt_extractor=extractor, negative_prompt=args.negative_prompt,
-    )  # fmt: skip
-    role = objective.trained_role
-    trained_roles = [role] + ([REGULARIZER] if objective.regularizer_parameters() else [])
-    if weight_dtype != torch.float32:
-        cast_trainable_to_fp32(pipe.unet, pipe.vae)
-    params = objective.trainable_parameters()
-    reg_params = objective.regularizer_parameters()
-    n_params = sum(p.numel() for p in params)
-    logger.info(f"training {role!r}: {n_params / 1e6:.2f} M parameters; regularizer {sum(p.numel() for p in reg_params) / 1e6:.2f} M")  # fmt: skip
 
-    dataset, loader = build_dataloader(args, accelerator)
-    if not args.streaming and len(loader) == 0:  # drop_last: fewer rows than one batch per process
-        raise ValueError(
-            f"the dataset has {len(dataset)} image(s), fewer than one batch of --train_batch_size "
-            f"{args.train_batch_size} on each of {accelerator.num_processes} process(es)"
-        )
-    data_state = DataState(dataset)
-    if args.max_train_steps is None:  # map-style data only (a stream needs --max_train_steps)
-        updates_per_epoch = math.ceil(len(loader) / accelerator.num_processes / args.gradient_accumulation_steps)
-        args.max_train_steps = args.num_train_epochs * updates_per_epoch
+def build_objective(args: argparse.Namespace, pipe, lpips_fn, extractor) -> IRIBObjective:
+    return IRIBObjective.from_pipeline(
+        pipe,
+        config=IRIBLossConfig(**loss_config_kwargs(args)),
+        lq_degradation=RealESRGANDegradation(args.lq_config),
+        elq_degradation=RealESRGANDegradation(args.elq_config),
+        lpips_fn=lpips_fn,
+        prompt_extractor=extractor,
+        negative_prompt=args.negative_prompt,
+    )
+
+
+def build_optimizers(
+    args: argparse.Namespace, accelerator: Accelerator, params: list, reg_params: list
+) -> tuple[list[torch.optim.Optimizer], list]:
+    """AdamW (or bitsandbytes' 8-bit AdamW) with its scheduler for the trained set, and a constant-rate
+    one for the regularizer when there is one; ``--scale_lr`` scales the rates first."""
+    from diffusers.optimization import get_scheduler
 
     if args.scale_lr:  # diffusers' examples: the rate grows with the total batch
         scale = args.gradient_accumulation_steps * args.train_batch_size * accelerator.num_processes
@@ -1023,40 +1077,33 @@ def main(args: argparse.Namespace) -> None:
         import bitsandbytes as bnb
 
         optimizer_cls = bnb.optim.AdamW8bit
-    from diffusers.optimization import get_scheduler
-
-    # The prepared schedulers step once per process per update (diffusers' examples' convention).
     adam = {
         "betas": (args.adam_beta1, args.adam_beta2),
         "weight_decay": args.adam_weight_decay,
         "eps": args.adam_epsilon,
     }
-    optimizer = optimizer_cls(params, lr=args.learning_rate, **adam)
-    optimizers = [optimizer]
-    main_scheduler = get_scheduler(
-        args.lr_scheduler,
-        optimizer,
-        num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
-        num_training_steps=args.max_train_steps * accelerator.num_processes,
-        num_cycles=args.lr_num_cycles,
-        power=args.lr_power,
-    )
-    schedulers = [main_scheduler]
+    optimizers = [optimizer_cls(params, lr=args.learning_rate, **adam)]
+    # The prepared schedulers step once per process per update (diffusers' examples' convention).
+    schedulers = [
+        get_scheduler(
+            args.lr_scheduler,
+            optimizers[0],
+            num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
+            num_training_steps=args.max_train_steps * accelerator.num_processes,
+            num_cycles=args.lr_num_cycles,
+            power=args.lr_power,
+        )
+    ]
     if reg_params:
         reg_lr = args.regularizer_learning_rate or args.learning_rate
         optimizers.append(optimizer_cls(reg_params, lr=reg_lr, **adam))
         schedulers.append(get_scheduler("constant", optimizers[-1]))
+    return optimizers, schedulers
 
-    step_module = IRIBTrainingStep(objective)
-    # A streamed dataset is already split by process: accelerate must not shard or dispatch it again.
-    n = len(optimizers)
-    prepared = accelerator.prepare(step_module, *optimizers, *schedulers, *([] if args.streaming else [loader]))
-    step_module, optimizers, schedulers = prepared[0], list(prepared[1 : 1 + n]), list(prepared[1 + n : 1 + 2 * n])
-    if not args.streaming:
-        loader = prepared[-1]
-    accelerator.register_for_checkpointing(data_state)
 
-    # Checkpoints hold the trainable sets in the adapter-set format, not the 866M-parameter base.
+def register_checkpoint_hooks(accelerator: Accelerator, pipe, trained_roles: list[str]) -> None:
+    """Checkpoints hold the trainable sets in the adapter-set format, not the 866M-parameter base."""
+
     def save_model_hook(models, weights, output_dir):
         if accelerator.is_main_process:
             save_trained_sets(pipe.unet, pipe.vae, output_dir, trained_roles)
@@ -1070,28 +1117,81 @@ def main(args: argparse.Namespace) -> None:
     accelerator.register_save_state_pre_hook(save_model_hook)
     accelerator.register_load_state_pre_hook(load_model_hook)
 
+
+def init_trackers(args: argparse.Namespace, accelerator: Accelerator) -> None:
     if args.report_to != "none":
         tracker_config = {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))}
         tracker_config.pop("hub_token", None)  # a secret: never in a run's logged config
         accelerator.init_trackers(args.tracker_project_name, config=tracker_config)
 
-    global_step = 0
-    if args.resume_from_checkpoint:
-        if resume is None:
-            logger.info("no checkpoint to resume from: starting a new run")
-        else:
-            path, global_step = resume
-            logger.info(f"resuming from {path} (step {global_step})")
-            accelerator.load_state(path)
-            if isinstance(dataset, StreamedImageRows) and data_state.stream_state is not None:
-                dataset.load_state_dict(data_state.stream_state)
-            elif isinstance(dataset, StreamedImageRows):
-                logger.warning("the stream position was not saved (DataLoader workers): the stream restarts")
 
-    validation = None
-    if args.validation_images:
-        validation = load_validation_images(args, objective)
+def resume_training(
+    args: argparse.Namespace, accelerator: Accelerator, resume: tuple[str, int] | None, data: ResumableBatches
+) -> int:
+    """Load the checkpoint to resume from, if any; returns the step the run continues from."""
+    if not args.resume_from_checkpoint:
+        return 0
+    if resume is None:
+        logger.info("no checkpoint to resume from: starting a new run")
+        return 0
+    path, global_step = resume
+    logger.info(f"resuming from {path} (step {global_step})")
+    accelerator.load_state(path)
+    if not data.restore_stream_position():
+        logger.warning("the stream position was not saved (DataLoader workers): the stream restarts")
+    return global_step
 
+
+def optimization_step(
+    args: argparse.Namespace,
+    accelerator: Accelerator,
+    step_module,
+    objective: IRIBObjective,
+    optimizers: list,
+    schedulers: list,
+    batch: dict,
+    generator: torch.Generator,
+    params: list,
+    reg_params: list,
+) -> dict[str, torch.Tensor]:
+    """One micro-batch: degrade the HQ crops, compute the losses, backward; clip each trained set's
+    gradients (``params``, ``reg_params``) and step when the accumulated gradients are synchronised.
+    Returns the losses."""
+    with accelerator.accumulate(step_module):
+        hq = batch["pixel_values"].to(accelerator.device)
+        irib_batch = objective.make_batch(hq, generator=generator)
+        with accelerator.autocast():
+            losses = step_module(irib_batch, generator=generator)
+        accelerator.backward(losses["loss"])
+        if accelerator.sync_gradients and args.max_grad_norm > 0:
+            accelerator.clip_grad_norm_(params, args.max_grad_norm)
+            if reg_params:
+                accelerator.clip_grad_norm_(reg_params, args.max_grad_norm)
+        for opt, sched in zip(optimizers, schedulers):
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+    return losses
+
+
+def train(
+    args: argparse.Namespace,
+    accelerator: Accelerator,
+    pipe,
+    objective: IRIBObjective,
+    step_module,
+    optimizers: list,
+    schedulers: list,
+    *,
+    params: list,
+    reg_params: list,
+    data: ResumableBatches,
+    global_step: int,
+    validation=None,
+    extractor=None,
+) -> tuple[int, str | None]:
+    """The step loop from ``global_step`` to ``--max_train_steps``: log, checkpoint, validate.
+    Returns the last step and the last validation grid (or None)."""
     total_batch = args.train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
     logger.info(
         f"***** training: {args.max_train_steps} steps, total batch {total_batch}, from step {global_step} *****"
@@ -1099,35 +1199,12 @@ def main(args: argparse.Namespace) -> None:
     skipped_total, converted_total = Counter(), 0
     sample_log = None
     if args.log_sample_ids:
+        logging_dir = Path(args.output_dir, args.logging_dir)
         os.makedirs(logging_dir, exist_ok=True)
         sample_log = open(logging_dir / f"samples-rank{accelerator.process_index}.jsonl", "a")
-
-    def batches():
-        """(epoch, batch) forever. Map-style data resumes exactly: the epoch and the batches already
-        used follow from the step count, and the seeded sampler repeats the epoch's order."""
-        epoch, done = data_state.epoch, 0
-        if not args.streaming:
-            epoch, done = divmod(global_step * args.gradient_accumulation_steps, len(loader))
-        while True:
-            data_state.epoch = epoch
-            dataset.set_epoch(epoch)
-            source = loader
-            if not args.streaming:
-                loader.set_epoch(epoch)
-                source = accelerator.skip_first_batches(loader, done) if done else loader
-                done = 0
-            empty = True
-            for batch in source:
-                empty = False
-                yield epoch, batch
-            if empty:  # e.g. fewer readable images than one batch per process: never spin on nothing
-                raise RuntimeError(f"epoch {epoch} gave no batch of {args.train_batch_size} images on process "
-                                   f"{accelerator.process_index}: the dataset is too small or unreadable")  # fmt: skip
-            epoch += 1
-
     micro = 0
     wait_time = compute_time = 0.0
-    stream = batches()
+    stream = data.iterate(batches_done=global_step * args.gradient_accumulation_steps)
     grid = None
     logs = None
     # The console shows a bar with the loss terms; every per-step value goes to the trackers.
@@ -1139,30 +1216,16 @@ def main(args: argparse.Namespace) -> None:
         while global_step < args.max_train_steps:
             tick = time.perf_counter()
             _, batch = next(stream)
-            if isinstance(dataset, StreamedImageRows) and args.dataloader_num_workers == 0:
-                data_state.stream_state = dataset.state_dict()
             skipped_total.update(batch["skipped"])
             converted_total += batch["converted"]
             if sample_log is not None:
                 sample_log.write(json.dumps({"step": global_step, "micro": micro, "ids": batch["sample_ids"]}) + "\n")
             waited = time.perf_counter() - tick
-            with accelerator.accumulate(step_module):
-                generator = torch.Generator().manual_seed(
-                    step_seed(args.seed, accelerator.process_index, global_step, micro)
-                )
-                hq = batch["pixel_values"].to(accelerator.device)
-                irib_batch = objective.make_batch(hq, generator=generator)
-                with accelerator.autocast():
-                    losses = step_module(irib_batch, generator=generator)
-                accelerator.backward(losses["loss"])
-                if accelerator.sync_gradients and args.max_grad_norm > 0:
-                    accelerator.clip_grad_norm_(params, args.max_grad_norm)
-                    if reg_params:
-                        accelerator.clip_grad_norm_(reg_params, args.max_grad_norm)
-                for opt, sched in zip(optimizers, schedulers):
-                    opt.step()
-                    sched.step()
-                    opt.zero_grad(set_to_none=True)
+            seed = step_seed(args.seed, accelerator.process_index, global_step, micro)
+            generator = torch.Generator().manual_seed(seed)
+            losses = optimization_step(
+                args, accelerator, step_module, objective, optimizers, schedulers, batch, generator, params, reg_params
+            )
             micro += 1
             wait_time += waited
             compute_time += time.perf_counter() - tick - waited
@@ -1171,8 +1234,10 @@ def main(args: argparse.Namespace) -> None:
             global_step += 1
             micro = 0
             logs = {k: float(accelerator.gather(v.detach().float().reshape(1)).mean()) for k, v in losses.items()}
-            logs.update({"lr": schedulers[0].get_last_lr()[0], "data_wait_fraction": wait_time / max(wait_time + compute_time, 1e-9),
-                         "images_skipped": sum(skipped_total.values()), "images_converted": converted_total})  # fmt: skip
+            logs["lr"] = schedulers[0].get_last_lr()[0]
+            logs["data_wait_fraction"] = wait_time / max(wait_time + compute_time, 1e-9)
+            logs["images_skipped"] = sum(skipped_total.values())
+            logs["images_converted"] = converted_total
             logs.update({f"images_skipped/{k}": v for k, v in skipped_total.items()})
             wait_time = compute_time = 0.0
             accelerator.log(logs, step=global_step)
@@ -1191,7 +1256,6 @@ def main(args: argparse.Namespace) -> None:
             ):
                 grid = run_validation(pipe, args, *validation, global_step, accelerator, extractor)
                 step_module.train()
-
     finally:
         progress_bar.close()
     if logs is not None:  # the last step's values, once on the console
@@ -1203,6 +1267,64 @@ def main(args: argparse.Namespace) -> None:
         )
     if sample_log is not None:
         sample_log.close()
+    return global_step, grid
+
+
+def main(args: argparse.Namespace) -> None:
+    accelerator = setup_accelerator(args)
+    resume = find_resume_checkpoint(args)  # before any model loads
+    repo_id = prepare_output_dir(args, accelerator)
+
+    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
+    lpips_fn = build_lpips(args, accelerator.device)  # a download: may stop the run, before the models load
+    pipe = load_models(args, accelerator, weight_dtype)
+    extractor = build_prompt_extractor(args, accelerator.device)
+    objective = build_objective(args, pipe, lpips_fn, extractor)
+    role = objective.trained_role
+    trained_roles = [role] + ([REGULARIZER] if objective.regularizer_parameters() else [])
+    if weight_dtype != torch.float32:
+        cast_trainable_to_fp32(pipe.unet, pipe.vae)
+    params = objective.trainable_parameters()
+    reg_params = objective.regularizer_parameters()
+    n_params, n_reg = sum(p.numel() for p in params), sum(p.numel() for p in reg_params)
+    logger.info(f"training {role!r}: {n_params / 1e6:.2f} M parameters; regularizer {n_reg / 1e6:.2f} M")
+
+    dataset, loader = build_dataloader(args, accelerator)
+    if args.max_train_steps is None:  # map-style data only (a stream needs --max_train_steps)
+        updates_per_epoch = math.ceil(len(loader) / accelerator.num_processes / args.gradient_accumulation_steps)
+        args.max_train_steps = args.num_train_epochs * updates_per_epoch
+    optimizers, schedulers = build_optimizers(args, accelerator, params, reg_params)
+
+    # A streamed dataset is already split by process: accelerate must not shard or dispatch it again.
+    n = len(optimizers)
+    prepared = accelerator.prepare(
+        IRIBTrainingStep(objective), *optimizers, *schedulers, *([] if args.streaming else [loader])
+    )
+    step_module, optimizers, schedulers = prepared[0], list(prepared[1 : 1 + n]), list(prepared[1 + n : 1 + 2 * n])
+    if not args.streaming:
+        loader = prepared[-1]
+    data = ResumableBatches(dataset, loader, args.train_batch_size, accelerator.process_index)
+    accelerator.register_for_checkpointing(data)
+    register_checkpoint_hooks(accelerator, pipe, trained_roles)
+    init_trackers(args, accelerator)
+    global_step = resume_training(args, accelerator, resume, data)
+    validation = load_validation_images(args, objective) if args.validation_images else None
+
+    global_step, grid = train(
+        args,
+        accelerator,
+        pipe,
+        objective,
+        step_module,
+        optimizers,
+        schedulers,
+        params=params,
+        reg_params=reg_params,
+        data=data,
+        global_step=global_step,
+        validation=validation,
+        extractor=extractor,
+    )
     check_replicas_agree(accelerator, params + reg_params)
     accelerator.wait_for_everyone()
     upload_failure = None
@@ -1241,10 +1363,13 @@ def finish(
         shutil.copyfile(grid, os.path.join(args.output_dir, card_grid))
     datasets = [args.dataset_name] if args.dataset_name else None
     card = adapter_set_model_card(
-        config, repo_id=args.hub_model_id, training=training_card_section(args, steps, accelerator, card_grid),
-        extra_tags=None if args.mode == "irib" else [f"irib-{args.mode}-baseline"], datasets=datasets,
+        config,
+        repo_id=args.hub_model_id,
+        training=training_card_section(args, steps, accelerator, card_grid),
+        extra_tags=None if args.mode == "irib" else [f"irib-{args.mode}-baseline"],
+        datasets=datasets,
         usage=DIRECT_USAGE if args.mode == "direct" else None,
-    )  # fmt: skip
+    )
     card.save(os.path.join(args.output_dir, adapters.MODEL_CARD_NAME))
     logger.info(f"saved the {role} set to {args.output_dir}")
     if args.push_to_hub:

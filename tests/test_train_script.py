@@ -96,16 +96,20 @@ def workspace(tmp_path_factory):
 
 
 def env(root: Path) -> dict:
-    return {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_DATASETS_CACHE": str(root / "ds-cache"),
-            "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}  # fmt: skip
+    return {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "HF_DATASETS_CACHE": str(root / "ds-cache"),
+        "OMP_NUM_THREADS": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
 
 
 def common_args(root: Path, output: str) -> list[str]:
-    return [
-        "--pretrained_model_name_or_path", str(root / "base"), "--restorer_adapter", str(root / "restorer"),
-        "--resolution", "32", "--min_image_size", "32", "--learning_rate", "1e-3", "--lpips_random_backbone",
-        "--output_dir", str(root / output), "--seed", "3", "--prompt_extractor", "none",
-    ]  # fmt: skip
+    args = ["--pretrained_model_name_or_path", str(root / "base"), "--restorer_adapter", str(root / "restorer")]
+    args += "--resolution 32 --min_image_size 32 --learning_rate 1e-3 --lpips_random_backbone".split()
+    return args + ["--output_dir", str(root / output), "--seed", "3", "--prompt_extractor", "none"]
 
 
 def run(command: list[str], root: Path) -> str:
@@ -122,11 +126,9 @@ def accelerate_launch(root: Path, args: list[str]) -> str:
 @pytest.fixture(scope="module")
 def short_run(workspace):
     """3 steps on the messy folder, checkpoint every 2, validation on a real photo, tensorboard on."""
-    args = common_args(workspace, "run") + [
-        "--train_data_dir", str(workspace / "messy"), "--train_batch_size", "2", "--max_train_steps", "3",
-        "--checkpointing_steps", "2", "--validation_images", str(workspace / "messy" / "astronaut.png"),
-        "--validation_steps", "2",
-    ]  # fmt: skip
+    args = common_args(workspace, "run") + ["--train_data_dir", str(workspace / "messy")]
+    args += "--train_batch_size 2 --max_train_steps 3 --checkpointing_steps 2".split()
+    args += ["--validation_images", str(workspace / "messy" / "astronaut.png"), "--validation_steps", "2"]
     return args, accelerate_launch(workspace, args)
 
 
@@ -137,10 +139,10 @@ def test_the_short_run_skips_bad_images_counts_them_and_saves_everything(workspa
     counts = json.loads(re.search(r"images skipped (\{.*?\})", last).group(1).replace("'", '"'))
     assert set(counts) <= {"unreadable", "truncated", "too_small"} and sum(counts.values()) > 0, last
     assert "data wait" in last and re.search(r"converted \d+", last)
-    assert {p.name for p in out.iterdir()} >= {"checkpoint-2", "logs", "validation", "validation.png", "README.md",
-                                                "adapter_set_config.json", "pytorch_lora_weights.safetensors"}  # fmt: skip
-    assert {p.name for p in (out / "checkpoint-2").iterdir()} >= {"projector", "regularizer", "optimizer.bin",
-                                                                  "optimizer_1.bin", "random_states_0.pkl"}  # fmt: skip
+    saved = {"adapter_set_config.json", "pytorch_lora_weights.safetensors", "README.md", "validation.png"}
+    assert {p.name for p in out.iterdir()} >= saved | {"checkpoint-2", "logs", "validation"}
+    state = {"projector", "regularizer", "optimizer.bin", "optimizer_1.bin", "random_states_0.pkl"}
+    assert {p.name for p in (out / "checkpoint-2").iterdir()} >= state
     assert json.loads((out / "checkpoint-2" / "irib_checkpoint.json").read_text())["step"] == 2  # staged, complete
     assert not [p.name for p in out.iterdir() if p.name.startswith(".")]  # no staging folder left
     assert list((out / "logs").rglob("events.out.tfevents.*"))  # tensorboard
@@ -231,7 +233,9 @@ def test_bad_arguments_fail_before_any_model_loads_with_a_message_naming_them(wo
     assert "multiple of 8" in error(["--resolution", "100"])
     assert "--train_data_dir" in error(["--train_data_dir", str(workspace / "nowhere")], common_args(workspace, "x"))
     assert "--validation_images" in error(["--validation_images", str(workspace / "messy" / "corrupt.png")])
-    assert "--restorer_adapter" in error([], [a for a in base if a != str(workspace / "restorer") and a != "--restorer_adapter"])  # fmt: skip
+    assert "--restorer_adapter" in error(
+        [], [a for a in base if a != str(workspace / "restorer") and a != "--restorer_adapter"]
+    )
     monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # import fails as where it is not installed
     assert "bitsandbytes" in error(["--use_8bit_adam"])
     assert "max_train_steps" in error(["--streaming"])
@@ -244,8 +248,13 @@ def test_bad_arguments_fail_before_any_model_loads_with_a_message_naming_them(wo
     message = error([], [a if a != str(workspace / "restorer") else str(other) for a in base])
     assert "another base model" in message and "sample_size" in message
 
-    result = subprocess.run([sys.executable, str(SCRIPT), *base, "--resolution", "30"], env=env(workspace),
-                            capture_output=True, text=True, timeout=120)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), *base, "--resolution", "30"],
+        env=env(workspace),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode != 0 and "Traceback" not in result.stderr and "--resolution" in result.stderr
     assert not (workspace / "never").exists()
 
@@ -315,10 +324,10 @@ def test_direct_mode_starts_from_the_restorer_with_osediffs_loss(workspace):
 
 def test_two_ddp_processes_read_disjoint_streamed_samples_and_end_with_the_same_weights(workspace):
     """torchrun gives accelerate's MULTI_CPU (gloo): a real 2-process DDP run on the streamed parquet."""
-    args = common_args(workspace, "ddp") + [
-        "--dataset_name", str(workspace / "lsdir"), "--streaming", "--train_batch_size", "1",
-        "--max_train_steps", "2", "--checkpointing_steps", "100", "--log_sample_ids", "--report_to", "none",
-    ]  # fmt: skip
+    args = common_args(workspace, "ddp") + ["--dataset_name", str(workspace / "lsdir"), "--streaming"]
+    args += (
+        "--train_batch_size 1 --max_train_steps 2 --checkpointing_steps 100 --log_sample_ids --report_to none".split()
+    )
     log = run([str(BIN / "torchrun"), "--standalone", "--nproc_per_node", "2", str(SCRIPT), *args], workspace)
     assert "MULTI_CPU" in log and "Num processes: 2" in log
     digests = re.findall(r"\[RANK (\d)\] trained weights sha256 ([0-9a-f]{64})", log)

@@ -23,6 +23,7 @@ from diffusers_irib.training_data import (
     SKIP_REASONS,
     BadImageError,
     ImageRows,
+    ResumableBatches,
     StreamedImageRows,
     collate_images,
     decode_image,
@@ -428,6 +429,72 @@ def test_dataloader_workers_deliver_the_same_batches_and_counts(rows):
         assert batch["pixel_values"].shape == (2, 3, RES, RES)
         total.update(batch["skipped"])
     assert total == Counter({"truncated": 1, "unreadable": 2, "too_small": 1})
+
+
+def seeded_loader(dataset, batch_size: int) -> torch.utils.data.DataLoader:
+    """A shuffled loader as the training script prepares it (accelerate's seedable sampler)."""
+    from accelerate.data_loader import prepare_data_loader
+
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size, shuffle=True, collate_fn=collate_images, drop_last=True
+    )
+    return prepare_data_loader(loader, put_on_device=False, use_seedable_sampler=True)
+
+
+def test_resumable_batches_resume_map_style_data_after_the_batches_done(rows):
+    """6 rows in batches of 2: 3 per epoch. Resuming after 4 batches is epoch 1's second batch onwards,
+    the same batches as the uninterrupted run, and each epoch is shuffled anew."""
+    dataset = ImageRows(rows, "image", RES, seed=1, min_size=MIN_SIZE)
+
+    def take(batches_done: int, count: int) -> list[tuple[int, list[str], torch.Tensor]]:
+        stream = ResumableBatches(dataset, seeded_loader(dataset, 2), batch_size=2).iterate(batches_done)
+        return [
+            (epoch, batch["sample_ids"], batch["pixel_values"])
+            for epoch, batch in (next(stream) for _ in range(count))
+        ]
+
+    full, resumed = take(0, 7), take(4, 3)
+    assert [epoch for epoch, _, _ in full] == [0, 0, 0, 1, 1, 1, 2]
+    assert [epoch for epoch, _, _ in resumed] == [1, 1, 2]
+    for (_, ids, pixels), (_, resumed_ids, resumed_pixels) in zip(full[4:], resumed):
+        assert resumed_ids == ids
+        assert torch.equal(resumed_pixels, pixels)
+    assert [ids for _, ids, _ in full[:3]] != [ids for _, ids, _ in full[3:6]]
+
+
+def test_resumable_batches_resume_a_stream_at_its_saved_position(folder, cache_dir):
+    """A stream read without workers records its position with every batch; a checkpoint's state
+    continues with the next good image (a_astronaut, b_camera, then e_coffee)."""
+
+    def batches() -> ResumableBatches:
+        stream = open_image_dataset(train_data_dir=str(folder), streaming=True, cache_dir=cache_dir)
+        dataset = StreamedImageRows(stream, "image", RES, seed=3, min_size=MIN_SIZE)
+        loader = torch.utils.data.DataLoader(dataset, batch_size=1, collate_fn=collate_images)
+        return ResumableBatches(dataset, loader, batch_size=1)
+
+    first = batches()
+    stream = first.iterate()
+    assert [next(stream)[1]["sample_ids"] for _ in range(2)] == [["a_astronaut.png"], ["b_camera.png"]]
+    state = first.state_dict()
+    assert state["epoch"] == 0 and "stream" in state
+
+    second = batches()
+    second.load_state_dict(state)
+    assert second.restore_stream_position()
+    assert next(second.iterate())[1]["sample_ids"] == ["e_coffee.png"]
+
+    unsaved = batches()
+    unsaved.load_state_dict({"epoch": 0})  # a checkpoint written with DataLoader workers
+    assert not unsaved.restore_stream_position()
+
+
+def test_resumable_batches_refuse_an_epoch_without_a_batch(folder, cache_dir):
+    """3 readable images give no full batch of 8: an error naming the epoch and process, never a spin."""
+    stream = open_image_dataset(train_data_dir=str(folder), streaming=True, cache_dir=cache_dir)
+    dataset = StreamedImageRows(stream, "image", RES, min_size=MIN_SIZE)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=8, collate_fn=collate_images, drop_last=True)
+    with pytest.raises(RuntimeError, match="epoch 0 gave no batch of 8 images on process 1"):
+        next(ResumableBatches(dataset, loader, batch_size=8, process_index=1).iterate())
 
 
 # --------------------------------------------------------------------------------------- StreamedImageRows

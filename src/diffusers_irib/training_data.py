@@ -36,7 +36,9 @@ __all__ = [
     "collate_images",
     "decode_image",
     "open_image_dataset",
+    "ResumableBatches",
     "random_crop",
+    "resize_short_side",
 ]
 
 #: Why an image was skipped; each reason is counted and logged.
@@ -95,21 +97,30 @@ def decode_image(value: Any, min_size: int = 0) -> tuple[Image.Image, bool]:
     return image.convert("RGB"), converted
 
 
+def resize_short_side(image: Image.Image, size: int) -> Image.Image:
+    """``image`` resized (bicubic) so that its short side is ``size``; the long side keeps the aspect."""
+    width, height = image.size
+    scale = size / min(width, height)
+    return image.resize((max(size, round(width * scale)), max(size, round(height * scale))), Image.BICUBIC)
+
+
 def random_crop(
-    image: Image.Image, resolution: int, rng: np.random.Generator, random_flip: bool = False, center: bool = False
+    image: Image.Image,
+    resolution: int,
+    rng: Optional[np.random.Generator] = None,
+    random_flip: bool = False,
+    center: bool = False,
 ) -> torch.Tensor:
     """A random ``resolution`` square of ``image`` as (3, R, R) float32 in [0, 1].
 
     The short side is resized up (bicubic) when it is smaller than ``resolution``; a larger image is
     cropped at full resolution, as OSEDiff's LSDIR crops are. With ``random_flip`` the crop is
-    mirrored left-right with probability 1/2. ``center`` takes the centre square instead (``--center_crop``).
+    mirrored left-right with probability 1/2. ``center`` takes the centre square instead (``--center_crop``);
+    ``rng`` is needed only for a random position or flip.
     """
+    if min(image.size) < resolution:
+        image = resize_short_side(image, resolution)
     width, height = image.size
-    short = min(width, height)
-    if short < resolution:
-        scale = resolution / short
-        width, height = max(resolution, round(width * scale)), max(resolution, round(height * scale))
-        image = image.resize((width, height), Image.BICUBIC)
     if center:
         left, top = (width - resolution) // 2, (height - resolution) // 2
     else:
@@ -168,8 +179,16 @@ class ImageRows(torch.utils.data.Dataset):
     replacement is not a copy of its neighbour's crop.
     """
 
-    def __init__(self, rows: Any, image_column: str, resolution: int, random_flip: bool = False, seed: int = 0,
-                 min_size: int = 0, center_crop: bool = False):  # fmt: skip
+    def __init__(
+        self,
+        rows: Any,
+        image_column: str,
+        resolution: int,
+        random_flip: bool = False,
+        seed: int = 0,
+        min_size: int = 0,
+        center_crop: bool = False,
+    ):
         if len(rows) == 0:
             raise ValueError("the training dataset has no rows")
         self.rows = rows
@@ -203,8 +222,17 @@ class StreamedImageRows(torch.utils.data.IterableDataset):
     the shuffle buffer (and, with DataLoader workers, only through a stateful loader).
     """
 
-    def __init__(self, rows: Any, image_column: str, resolution: int, random_flip: bool = False, seed: int = 0,
-                 min_size: int = 0, rank: int = 0, center_crop: bool = False):  # fmt: skip
+    def __init__(
+        self,
+        rows: Any,
+        image_column: str,
+        resolution: int,
+        random_flip: bool = False,
+        seed: int = 0,
+        min_size: int = 0,
+        rank: int = 0,
+        center_crop: bool = False,
+    ):
         self.rows = rows
         self.cropper = _Cropper(image_column, resolution, random_flip, seed, min_size, center_crop)
         self.rank, self.epoch = rank, 0
@@ -250,6 +278,73 @@ def collate_images(samples: list[dict]) -> dict:
     }
 
 
+class ResumableBatches:
+    """The training batches as ``(epoch, batch)``, epoch after epoch, resumable from a checkpoint.
+
+    Register it with ``accelerator.register_for_checkpointing``: its state is the epoch and, for a
+    stream read without DataLoader workers, the stream's position (``datasets`` keeps it; with workers
+    it lives in their copies and is not saved). Map-style data resumes exactly: the epoch and the
+    batches already used follow from the number of batches done, and a seeded sampler (accelerate's
+    ``use_seedable_sampler``) repeats the epoch's order.
+    """
+
+    def __init__(self, dataset: Any, loader: Any, batch_size: int, process_index: int = 0):
+        self.dataset, self.loader = dataset, loader
+        self.batch_size, self.process_index = batch_size, process_index
+        self.epoch, self.stream_state = 0, None
+
+    @property
+    def streaming(self) -> bool:
+        return isinstance(self.dataset, StreamedImageRows)
+
+    def state_dict(self) -> dict:
+        state = {"epoch": self.epoch}
+        if self.streaming and self.stream_state is not None:
+            state["stream"] = self.stream_state
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch = int(state.get("epoch", 0))
+        self.stream_state = state.get("stream")
+
+    def restore_stream_position(self) -> bool:
+        """After a checkpoint was loaded: move a stream to its saved position. False when a stream's
+        position was not saved (DataLoader workers): it restarts from the beginning."""
+        if self.streaming and self.stream_state is not None:
+            self.dataset.load_state_dict(self.stream_state)
+        return not self.streaming or self.stream_state is not None
+
+    def iterate(self, batches_done: int = 0) -> Iterator[tuple[int, dict]]:
+        """``(epoch, batch)`` forever, continuing after ``batches_done`` batches of map-style data (a
+        stream continues from its restored position)."""
+        from accelerate import skip_first_batches
+
+        epoch, done = self.epoch, 0
+        if not self.streaming:
+            epoch, done = divmod(batches_done, len(self.loader))
+        record_position = self.streaming and self.loader.num_workers == 0
+        while True:
+            self.epoch = epoch
+            self.dataset.set_epoch(epoch)
+            source = self.loader
+            if not self.streaming:
+                self.loader.set_epoch(epoch)
+                source = skip_first_batches(self.loader, num_batches=done) if done else self.loader
+                done = 0
+            empty = True
+            for batch in source:
+                empty = False
+                if record_position:
+                    self.stream_state = self.dataset.state_dict()
+                yield epoch, batch
+            if empty:  # e.g. fewer readable images than one batch per process: never spin on nothing
+                raise RuntimeError(
+                    f"epoch {epoch} gave no batch of {self.batch_size} images on process {self.process_index}: "
+                    "the dataset is too small or unreadable"
+                )
+            epoch += 1
+
+
 def open_image_dataset(
     dataset_name: Optional[str] = None,
     dataset_config_name: Optional[str] = None,
@@ -272,11 +367,19 @@ def open_image_dataset(
     if train_data_dir is not None:
         if not os.path.isdir(train_data_dir):
             raise ValueError(f"--train_data_dir {train_data_dir!r} is not a folder")
-        rows = datasets.load_dataset("imagefolder", data_dir=train_data_dir, split="train", streaming=streaming,
-                                     cache_dir=cache_dir)  # fmt: skip
+        rows = datasets.load_dataset(
+            "imagefolder", data_dir=train_data_dir, split="train", streaming=streaming, cache_dir=cache_dir
+        )
     else:
-        rows = datasets.load_dataset(dataset_name, dataset_config_name, split="train", streaming=streaming,
-                                     cache_dir=cache_dir, revision=revision, token=token)  # fmt: skip
+        rows = datasets.load_dataset(
+            dataset_name,
+            dataset_config_name,
+            split="train",
+            streaming=streaming,
+            cache_dir=cache_dir,
+            revision=revision,
+            token=token,
+        )
     columns = rows.column_names if rows.column_names is not None else list(rows.features or {})
     if image_column not in columns:
         raise ValueError(f"--image_column {image_column!r} is not a column of the dataset; it has {columns}")

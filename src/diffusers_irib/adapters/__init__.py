@@ -36,7 +36,7 @@ from .conversion import (
     read_checkpoint,
 )
 from .lifecycle import add_adapter_set, delete_adapter_set, unload_adapter_sets
-from .registry import unwrap_model
+from .registry import require_role, unwrap_model
 from .serialization import detached_peft_layers, load_adapter_set, load_adapter_set_weights, save_adapter_set
 from .switching import (
     adapter_set_parameters,
@@ -45,6 +45,7 @@ from .switching import (
     get_active_adapter_set,
     get_adapter_set_config,
     list_adapter_sets,
+    reassert_trainability,
     set_adapter_set,
     set_adapter_set_trainable,
     unfuse_adapter_set,
@@ -84,6 +85,8 @@ __all__ = [
     "load_adapter_set_weights",
     "load_base_conv_in",
     "read_checkpoint",
+    "reassert_trainability",
+    "require_role",
     "osediff_unet_adapter_groups",
     "osediff_unet_target_modules",
     "osediff_vae_target_modules",
