@@ -45,8 +45,8 @@ from .image_processing import (
     to_tensors,
     upscale_image,
 )
-from .one_step import predict_noise
-from .prompts import check_prompts, encode_text
+from .one_step import encode_text, predict_noise
+from .prompts import check_prompts
 
 ADAPTER_SETS_DIR = "adapter_sets"
 _ADAPTER_SET_FILES = (adapters.ADAPTER_SET_CONFIG_NAME, adapters.LORA_WEIGHT_NAME)

@@ -39,8 +39,8 @@ from .losses import (
     prior_loss,
     regularizer_loss,
 )
-from .one_step import encode_image, predict_noise
-from .prompts import check_prompts, encode_text
+from .one_step import encode_image, encode_text, predict_noise
+from .prompts import check_prompts
 
 __all__ = [
     "IRIBBatch",
