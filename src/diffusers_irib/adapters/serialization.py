@@ -59,9 +59,12 @@ _PEFT_KEY = re.compile(r"(.+)\.lora_([AB])\.(weight|bias)")
 
 # LoraConfig options our sets never use; a file that sets them is not one of ours.
 _UNSUPPORTED_LORA_OPTIONS = {
-    "use_dora": False, "modules_to_save": None, "layers_to_transform": None, "fan_in_fan_out": False,
+    "use_dora": False,
+    "modules_to_save": None,
+    "layers_to_transform": None,
+    "fan_in_fan_out": False,
     "use_rslora": False,
-}  # fmt: skip
+}
 
 
 # --------------------------------------------------------------------------------------------
