@@ -99,14 +99,18 @@ def run_ours(args, device) -> dict:
     reg_optimizer = torch.optim.AdamW(objective.regularizer_parameters(), lr=5e-5)
     hq = torch.rand(args.batch_size, 3, args.size, args.size, generator=torch.Generator().manual_seed(0))
 
+    latest = {}  # the projector step's result, whose latents the regularizer's step trains on
+
     def projector_step(generator):
         batch = objective.make_batch(hq, generator=generator)
-        objective.projector_step_losses(batch, generator=generator)["total"].backward()
+        latest["losses"] = objective.projector_step_losses(batch, generator=generator)
+        latest["losses"]["total"].backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
     def regularizer_step(generator):
-        objective.regularizer_step_loss(generator=generator).backward()
+        losses = latest["losses"]
+        objective.regularizer_step_loss(losses.latents, losses.prompt_embeds, generator=generator).backward()
         reg_optimizer.step()
         reg_optimizer.zero_grad(set_to_none=True)
 

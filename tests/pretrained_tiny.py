@@ -17,8 +17,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from diffusers_irib.one_step import x0_coefficients
-from diffusers_irib.prompts import encode_text
+from diffusers_irib.one_step import encode_text, x0_coefficients
 
 
 def pretrain_tiny_base(pipe, crops: torch.Tensor, vae_steps: int = 150, unet_steps: int = 150, seed: int = 7) -> None:

@@ -52,10 +52,15 @@ def test_a_saved_set_loads_into_a_plain_stable_diffusion_pipeline(pipe, role, tm
     pipe.save_adapter_set(tmp_path, role)
     tokenizer = make_tiny_tokenizer()
     plain = StableDiffusionPipeline(
-        vae=make_tiny_vae(), text_encoder=make_tiny_text_encoder(tokenizer), tokenizer=tokenizer,
-        unet=make_tiny_unet(), scheduler=make_sd21_scheduler(), safety_checker=None, feature_extractor=None,
+        vae=make_tiny_vae(),
+        text_encoder=make_tiny_text_encoder(tokenizer),
+        tokenizer=tokenizer,
+        unet=make_tiny_unet(),
+        scheduler=make_sd21_scheduler(),
+        safety_checker=None,
+        feature_extractor=None,
         requires_safety_checker=False,
-    )  # fmt: skip
+    )
     # The two lines the README and the model card give:
     plain.load_lora_weights(tmp_path, adapter_name=role)
     plain.vae.load_lora_adapter(tmp_path, prefix="vae", adapter_name=role, use_safetensors=True)

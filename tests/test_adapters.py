@@ -78,9 +78,16 @@ def test_adapter_set_config_roundtrip_and_validation(tmp_path):
     assert json.loads(path.read_text())["alpha"] == 8.0
 
     bad = {
-        "rank": 0, "alpha": -1.0, "role": "no spaces", "init": "kaiming", "unet_target_modules": [],
-        "vae_target_modules": ["x", "x"], "has_conv_in": "yes", "format_version": 99, "vae_rank": 1.5,
-    }  # fmt: skip
+        "rank": 0,
+        "alpha": -1.0,
+        "role": "no spaces",
+        "init": "kaiming",
+        "unet_target_modules": [],
+        "vae_target_modules": ["x", "x"],
+        "has_conv_in": "yes",
+        "format_version": 99,
+        "vae_rank": 1.5,
+    }
     for field_name, value in bad.items():
         data = {**cfg.to_dict(), field_name: value}
         with pytest.raises(ValueError, match=field_name):
@@ -396,8 +403,10 @@ def test_save_load_roundtrip_is_exact(tmp_path, tiny_unet, tiny_vae, tiny_images
     load_adapter_set(unet, vae, tmp_path / "projector", role="projector_copy")
     torch.testing.assert_close(
         _outputs(unet, vae, tiny_images, prompt_embeds, ("projector_copy",))["projector_copy"],
-        expected["projector"], rtol=0, atol=1e-5,
-    )  # fmt: skip
+        expected["projector"],
+        rtol=0,
+        atol=1e-5,
+    )
 
 
 def test_saved_unet_half_loads_with_stock_diffusers(tmp_path, tiny_unet, tiny_vae, tiny_images, prompt_embeds):
@@ -416,8 +425,9 @@ def test_saved_unet_half_loads_with_stock_diffusers(tmp_path, tiny_unet, tiny_va
         torch.testing.assert_close(
             other(latents, t, prompt_embeds.expand(2, -1, -1)).sample,
             tiny_unet(latents, t, prompt_embeds.expand(2, -1, -1)).sample,
-            rtol=0, atol=0,
-        )  # fmt: skip
+            rtol=0,
+            atol=0,
+        )
 
 
 def _rewrite(folder, edit_tensors=None, edit_meta=None, edit_config=None):

@@ -285,3 +285,41 @@ def test_the_jpeg_never_sees_values_outside_0_1_in_either_final_order(monkeypatc
     assert orders == {True, False}
     assert len(seen) == 2 * 2 * len(y)  # a first-stage and a final JPEG per image
     assert min(low for low, _ in seen) >= 0 and max(high for _, high in seen) <= 1
+
+
+# --------------------------------------------------------------------------- realised params
+def test_realise_returns_the_params_with_the_noise_realised_on_the_images():
+    degrade = with_noise(PRESETS["lq"], "poisson")
+    y = photo_batch(64, names=("astronaut", "coffee"))
+    params = degrade.sample(2, 64, 64, generator=gen(3))
+    assert params.unrealised_noise() == [
+        "first stage, sample 0",
+        "first stage, sample 1",
+        "second stage, sample 0",
+        "second stage, sample 1",
+    ]
+    lq, realised = degrade.realise(y, params)
+    assert realised is params and realised.unrealised_noise() == []
+    assert torch.equal(degrade(y, realised), lq)  # the fixed operator: the same image replays exactly
+
+    drawn_lq, drawn = degrade.realise(y, generator=gen(3))  # drawn as degrade.sample(...) would be
+    assert drawn.unrealised_noise() == [] and torch.equal(drawn_lq, lq)
+
+
+def test_gaussian_only_params_need_no_realising():
+    params = with_noise(PRESETS["lq"], "gaussian").sample(2, 32, 32, generator=gen(0))
+    assert params.unrealised_noise() == []
+
+
+def test_the_lq_reconstruction_loss_refuses_params_never_applied_to_the_hq_image():
+    from diffusers_irib.losses import lq_reconstruction_loss
+
+    degrade = with_noise(PRESETS["lq"], "poisson")
+    y = photo_batch(64, names=("astronaut", "coffee"))
+    params = degrade.sample(2, 64, 64, generator=gen(3))
+    with pytest.raises(ValueError, match=r"Poisson noise not yet realised \(first stage, sample 0, .*realise"):
+        lq_reconstruction_loss(y, y, degrade, params)
+    assert params.unrealised_noise()  # refused before D ran: nothing was recorded from z_hat
+
+    x_lq, params = degrade.realise(y, params)
+    assert float(lq_reconstruction_loss(y, x_lq, degrade, params)) == 0.0  # exact replay

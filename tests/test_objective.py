@@ -25,7 +25,7 @@ from diffusers_irib.losses import (
     lq_reconstruction_loss,
     prior_loss,
 )
-from diffusers_irib.training_utils import IRIBLossConfig, IRIBObjective
+from diffusers_irib.objective import IRIBLossConfig, IRIBObjective
 
 SIZE = 32
 
@@ -68,9 +68,13 @@ def test_blur_mse_is_mse_after_an_explicit_gaussian_convolution():
 
 # --------------------------------------------------------------------------- LQ reconstruction (eq. 16)
 MILD = DegradationConfig(
-    gaussian_noise_prob=1.0, gaussian_noise_prob2=1.0, noise_range=(1.0, 3.0), noise_range2=(1.0, 3.0),
-    jpeg_range=(85.0, 95.0), jpeg_range2=(85.0, 95.0),
-)  # fmt: skip
+    gaussian_noise_prob=1.0,
+    gaussian_noise_prob2=1.0,
+    noise_range=(1.0, 3.0),
+    noise_range2=(1.0, 3.0),
+    jpeg_range=(85.0, 95.0),
+    jpeg_range2=(85.0, 95.0),
+)
 
 
 def test_lq_reconstruction_is_zero_at_the_target_and_has_the_finite_difference_gradient():
@@ -216,8 +220,8 @@ def objective(pipe, **config):
 
 
 def snapshot(pipe) -> dict[str, torch.Tensor]:
-    return {f"{prefix}.{k}": v.detach().clone() for prefix, m in (("unet", pipe.unet), ("vae", pipe.vae))
-            for k, v in m.state_dict().items()}  # fmt: skip
+    models = {"unet": pipe.unet, "vae": pipe.vae}
+    return {f"{prefix}.{k}": v.detach().clone() for prefix, m in models.items() for k, v in m.state_dict().items()}
 
 
 def lora_modules_with_grad(model, role) -> tuple[int, int]:
@@ -244,8 +248,8 @@ def test_projector_step_changes_only_the_projector(pipe):
     for model in (pipe.unet, pipe.vae):  # every projector LoRA module gets gradient, nothing else does
         total, hit = lora_modules_with_grad(model, "projector")
         assert total and hit == total, (total, hit)
-    others = [n for n, p in [*pipe.unet.named_parameters(), *pipe.vae.named_parameters()]
-              if p.grad is not None and ".projector." not in n]  # fmt: skip
+    named = [*pipe.unet.named_parameters(), *pipe.vae.named_parameters()]
+    others = [n for n, p in named if p.grad is not None and ".projector." not in n]
     assert others == []
     optimizer.step()
     after = snapshot(pipe)
@@ -255,7 +259,7 @@ def test_projector_step_changes_only_the_projector(pipe):
     # The regularizer's step: only the regularizer changes.
     optimizer.zero_grad(set_to_none=True)
     reg_optimizer = torch.optim.AdamW(obj.regularizer_parameters(), lr=1e-3)
-    obj.regularizer_step_loss(generator=gen(2)).backward()
+    obj.regularizer_step_loss(losses.latents, losses.prompt_embeds, generator=gen(2)).backward()
     total, hit = lora_modules_with_grad(pipe.unet, "regularizer")
     assert total and hit == total, (total, hit)
     assert [n for n, p in pipe.unet.named_parameters() if p.grad is not None and ".regularizer." not in n] == []
@@ -358,7 +362,7 @@ def test_weights_default_per_mode_irib_the_papers_direct_and_restorer_osediffs()
 def test_the_dropped_prompt_reaches_what_the_scope_says(pipe, monkeypatch, scope):
     """Every prompt dropped (p = 1): the projector always gets "", the restorer, both prior scores and
     the regularizer get "" too with scope "all", and the extracted tags with scope "projector"."""
-    import diffusers_irib.training_utils as tu
+    import diffusers_irib.objective as tu
 
     seen = {}
     real_forward, real_prior = tu.irib_forward, tu.prior_loss
@@ -380,13 +384,13 @@ def test_the_dropped_prompt_reaches_what_the_scope_says(pipe, monkeypatch, scope
     )
     batch = obj.make_batch(photos(), generator=gen(0))
     assert batch.prompts == ["", ""] and batch.tags == ["a cat", "a dog"]
-    obj.projector_step_losses(batch, generator=gen(1))
+    losses = obj.projector_step_losses(batch, generator=gen(1))
     empty, tags = obj.encode_prompts(["", ""]), obj.encode_prompts(["a cat", "a dog"])
     expected = empty if scope == "all" else tags
     torch.testing.assert_close(seen["projector"], empty)
     for role in ("restorer", "prior"):
         torch.testing.assert_close(seen[role], expected)
-    torch.testing.assert_close(obj._latest[1], expected)  # the regularizer trains on these
+    torch.testing.assert_close(losses.prompt_embeds, expected)  # the regularizer trains on these
 
 
 def test_the_pipeline_runs_the_chain(pipe):
@@ -461,11 +465,12 @@ def test_200_steps_of_the_full_objective_improve_held_out_lq_reconstruction_and_
     g = gen(0)
     for _ in range(steps):
         batch = obj.make_batch(train[torch.randint(0, len(train), (2,), generator=g)], generator=g)
-        obj.projector_step_losses(batch, generator=g)["total"].backward()
+        losses = obj.projector_step_losses(batch, generator=g)
+        losses["total"].backward()
         optimizer.step()
         schedule.step()
         optimizer.zero_grad(set_to_none=True)
-        obj.regularizer_step_loss(generator=g).backward()
+        obj.regularizer_step_loss(losses.latents, losses.prompt_embeds, generator=g).backward()
         reg_optimizer.step()
         reg_optimizer.zero_grad(set_to_none=True)
 
@@ -475,14 +480,15 @@ def test_200_steps_of_the_full_objective_improve_held_out_lq_reconstruction_and_
 
 
 def test_the_training_step_module_gives_the_two_backwards_gradients_in_one(pipe):
-    from diffusers_irib.training_utils import IRIBTrainingStep
+    from diffusers_irib.objective import IRIBTrainingStep
 
     obj = objective(pipe)
     params = obj.trainable_parameters() + obj.regularizer_parameters()
     batch = obj.make_batch(photos(), generator=gen(0))
     g = gen(1)  # the objective's two backwards, drawing from one generator in the step's order
-    obj.projector_step_losses(batch, generator=g)["total"].backward()
-    obj.regularizer_step_loss(generator=g).backward()
+    losses = obj.projector_step_losses(batch, generator=g)
+    losses["total"].backward()
+    obj.regularizer_step_loss(losses.latents, losses.prompt_embeds, generator=g).backward()
     two = [p.grad.clone() for p in params]
     for p in params:
         p.grad = None

@@ -56,10 +56,16 @@ def tiny_clip():
         vocab.setdefault(c + "</w>", len(vocab))
     tokenizer = CLIPTokenizer(vocab=vocab, merges=[])
     text = dict(
-        vocab_size=len(vocab), hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=2,
-        max_position_embeddings=48, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        vocab_size=len(vocab),
+        hidden_size=32,
+        intermediate_size=37,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        max_position_embeddings=48,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
-    )  # fmt: skip
+    )
     vision = dict(
         hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=2, image_size=32, patch_size=8
     )
@@ -83,10 +89,18 @@ def tiny_blip():
     words += ["house", "street", "tree", "sky", "man", "woman"] + list(string.ascii_lowercase)
     tokenizer = BertTokenizer(vocab={w: i for i, w in enumerate(dict.fromkeys(words))}, bos_token="[DEC]")
     text = dict(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=2,
-        max_position_embeddings=64, encoder_hidden_size=32, bos_token_id=tokenizer.bos_token_id,
-        sep_token_id=tokenizer.sep_token_id, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.sep_token_id,
-    )  # fmt: skip
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=37,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        max_position_embeddings=64,
+        encoder_hidden_size=32,
+        bos_token_id=tokenizer.bos_token_id,
+        sep_token_id=tokenizer.sep_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.sep_token_id,
+    )
     vision = dict(
         hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=2, image_size=32, patch_size=8
     )

@@ -26,6 +26,7 @@ from typing import Any, Optional
 import torch
 import torch.nn.functional as F
 
+from .degradations import DegradationParams
 from .one_step import x0_coefficients
 
 __all__ = [
@@ -138,8 +139,17 @@ def lq_reconstruction_loss(
     HQ target y (a :class:`~diffusers_irib.degradations.RealESRGANDegradation` and its params), so
     z_hat = y gives exactly 0; gradients reach z_hat through D's straight-through estimators. Both
     images are in [0, 1] (D works there); the MSE is taken on [-1, 1] by default, as OSEDiff does.
+    ``params`` must be realised on y (:meth:`RealESRGANDegradation.realise`, as ``degrade_pair``
+    does): params whose Poisson noise was never applied are refused with a ``ValueError``.
     """
     pixel_range = check_pixel_range(pixel_range)
+    unrealised = params.unrealised_noise() if isinstance(params, DegradationParams) else []
+    if unrealised:
+        raise ValueError(
+            f"params hold Poisson noise not yet realised ({', '.join(unrealised)}): the degrade-back "
+            "D(z_hat; phi) must add the noise that made x_lq, so apply the params to the HQ image first "
+            "(degradation.realise(hq, params), as degrade_pair does)"
+        )
     return blur_mse(_to_range(degradation(z_hat, params), pixel_range), _to_range(x_lq, pixel_range), sigma)
 
 

@@ -1,6 +1,7 @@
 """The OSEDiff-style one-step model shared by the projector f and the restorer g.
 
-encode (VAE, active adapter) -> one UNet pass at t=999 -> closed-form x0 -> decode -> clamp.
+encode (VAE, active adapter) -> one UNet pass at t=999 -> closed-form x0 -> decode -> clamp,
+conditioned on the CLIP text encoding of a prompt (:func:`encode_text`).
 
 The functions are plain and stateless so the pipeline (no grad) and the training script (grad
 through the VAE encoder, the UNet and the VAE decoder) run the exact same arithmetic. Which
@@ -11,6 +12,7 @@ adapter set is used is decided by the caller, e.g. with
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any, Optional, Union
 
 import torch
@@ -19,6 +21,7 @@ __all__ = [
     "DEFAULT_TIMESTEP",
     "decode_latents",
     "encode_image",
+    "encode_text",
     "one_step_restore",
     "predict_noise",
     "predict_x0",
@@ -108,6 +111,19 @@ def encode_image(
     if shift is not None:
         latents = latents - shift
     return latents * vae.config.scaling_factor
+
+
+def encode_text(tokenizer: Any, text_encoder: Any, prompts: Sequence[str], device: Any) -> torch.Tensor:
+    """CLIP last hidden states (B, 77, D) of ``prompts``, as SD and OSEDiff condition the UNet: padded
+    and truncated to the tokenizer's 77 tokens, no pooling, no classifier-free guidance batch."""
+    tokens = tokenizer(
+        list(prompts),
+        padding="max_length",
+        max_length=tokenizer.model_max_length,
+        truncation=True,
+        return_tensors="pt",
+    )
+    return text_encoder(tokens.input_ids.to(device), return_dict=False)[0]
 
 
 def predict_noise(

@@ -45,8 +45,8 @@ from .image_processing import (
     to_tensors,
     upscale_image,
 )
-from .one_step import predict_noise
-from .prompts import check_prompts, encode_text
+from .one_step import encode_text, predict_noise
+from .prompts import check_prompts
 
 ADAPTER_SETS_DIR = "adapter_sets"
 _ADAPTER_SET_FILES = (adapters.ADAPTER_SET_CONFIG_NAME, adapters.LORA_WEIGHT_NAME)
@@ -125,6 +125,21 @@ def _first_tensor(output: Any) -> Optional[torch.Tensor]:
     if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
         return output[0]
     return None
+
+
+@dataclass(frozen=True)
+class _CallOptions:
+    """One call's checked options, the same for every batch of same-size images it runs."""
+
+    lfo_steps: int
+    prompt_extractor: Optional[Callable[[list[PIL.Image.Image]], list[str]]]
+    restorer: Optional[Union[RestorerCallable, DiffusionPipeline]]
+    use_projector: bool
+    upscale: float
+    color_fix: Optional[str]
+    tile_size: Optional[int]
+    tile_overlap: Optional[int]
+    return_intermediates: bool
 
 
 @dataclass
@@ -638,6 +653,17 @@ class IRIBRestorationPipeline(DiffusionPipeline):
         )
         if tile_size is not None and tile_overlap is None:
             tile_overlap = tile_size // 3 // self.vae_scale_factor * self.vae_scale_factor
+        options = _CallOptions(
+            lfo_steps=lfo_steps,
+            prompt_extractor=prompt_extractor,
+            restorer=restorer,
+            use_projector=use_projector,
+            upscale=upscale,
+            color_fix=color_fix,
+            tile_size=tile_size,
+            tile_overlap=tile_overlap,
+            return_intermediates=return_intermediates,
+        )
         images = to_tensors(image)
         self.check_image_sizes(images, upscale)
         generators = self._per_image_generators(generator, len(images))
@@ -660,20 +686,7 @@ class IRIBRestorationPipeline(DiffusionPipeline):
             batch = torch.stack([images[i] for i in indices])
             user = None if user_prompts is None else [user_prompts[i] for i in indices]
             group_generator = generators if not isinstance(generators, list) else [generators[i] for i in indices]
-            out = self._restore_batch(
-                batch,
-                user,
-                lfo_steps,
-                prompt_extractor,
-                restorer,
-                use_projector,
-                upscale,
-                color_fix,
-                group_generator,
-                tile_size,
-                tile_overlap,
-                return_intermediates,
-            )
+            out = self._restore_batch(batch, user, group_generator, options)
             for j, i in enumerate(indices):  # per image: its outputs, and its entry of every round
                 results[i] = {
                     "hq": out["hq"][j],
@@ -713,23 +726,16 @@ class IRIBRestorationPipeline(DiffusionPipeline):
 
     def _restore_batch(
         self,
-        batch,
-        user_prompt,
-        lfo_steps,
-        extractor,
-        restorer,
-        use_projector,
-        upscale,
-        color_fix,
-        generator,
-        tile_size,
-        tile_overlap,
-        keep_intermediates=False,
+        batch: torch.Tensor,
+        user_prompt: Optional[list[str]],
+        generator: Optional[Union[torch.Generator, list[torch.Generator]]],
+        options: _CallOptions,
     ) -> dict:
         """Steps 3-7 for one batch of same-size images (B, 3, H, W) in [0, 1]."""
         device = self._execution_device
+        extractor, tile_size = options.prompt_extractor, options.tile_size
         # 3. Preprocess: upscale, pad to the VAE's multiple, map to [-1, 1]
-        batch = upscale_image(batch, float(upscale))
+        batch = upscale_image(batch, float(options.upscale))
         padded, (h, w) = pad_to_multiple(batch, self.vae_scale_factor)
         elq = (padded * 2 - 1).to(device)
         cache: dict[str, torch.Tensor] = {}
@@ -739,14 +745,14 @@ class IRIBRestorationPipeline(DiffusionPipeline):
         vae_tiling_before = getattr(self.vae, "use_tiling", False)
         if tiling:
             self.vae.enable_tiling()
-        rounds = (lfo_steps + 1 if use_projector else 0) + 1
+        rounds = (options.lfo_steps + 1 if options.use_projector else 0) + 1
 
         def crop01(x: torch.Tensor) -> torch.Tensor:
             """[-1, 1] padded -> [0, 1] at the input size."""
             return ((x.float() + 1) / 2).clamp(0, 1)[..., :h, :w]
 
         def noise_fn(latents: torch.Tensor, embeds: torch.Tensor) -> torch.Tensor:
-            return self._unet_noise(latents, embeds, tile_size, tile_overlap)
+            return self._unet_noise(latents, embeds, tile_size, options.tile_overlap)
 
         alphas = self.scheduler.alphas_cumprod
         try:
@@ -754,9 +760,9 @@ class IRIBRestorationPipeline(DiffusionPipeline):
                 # 4. Projector f with Look Forward Once (eqs. 20-22): encode the ELQ image once;
                 #    round 1 is prompted from the ELQ image, every later round from the last LQ proxy
                 lq = elq
-                if use_projector:
+                if options.use_projector:
                     elq_latents = irib.encode_elq(self.unet, self.vae, elq, generator)
-                    for _ in range(lfo_steps + 1):
+                    for _ in range(options.lfo_steps + 1):
                         prompts = self._extract_prompts(extractor, crop01(lq), user_prompt)
                         # f is deterministic given its ELQ encoding and prompt: a round whose prompts
                         # repeat the last round's (fixed prompt, no extractor) would repeat its LQ proxy
@@ -764,7 +770,7 @@ class IRIBRestorationPipeline(DiffusionPipeline):
                             embeds = self.encode_prompt(prompts, device, cache)
                             lq = irib.project(self.unet, self.vae, alphas, elq_latents, embeds, noise_fn=noise_fn)
                         prompts_per_round.append(prompts)
-                        if keep_intermediates:
+                        if options.return_intermediates:
                             intermediates.append(crop01(lq).cpu())
                         progress.update()
                     self._check_finite(lq, "projector", first_non_finite)
@@ -772,13 +778,13 @@ class IRIBRestorationPipeline(DiffusionPipeline):
                 lq01 = crop01(lq)
                 prompts = self._extract_prompts(extractor, lq01, user_prompt)
                 prompts_per_round.append(prompts)
-                if restorer is None:
+                if options.restorer is None:
                     embeds = self.encode_prompt(prompts, device, cache)
                     out = irib.restore(self.unet, self.vae, alphas, lq, embeds, generator, noise_fn=noise_fn)
                     self._check_finite(out.images, "restorer", first_non_finite)
                     hq01 = crop01(out.images)
                 else:
-                    hq01 = self._run_plug_and_play(restorer, lq01, prompts)
+                    hq01 = self._run_plug_and_play(options.restorer, lq01, prompts)
                 progress.update()
         finally:
             if tiling and not vae_tiling_before:
@@ -786,13 +792,13 @@ class IRIBRestorationPipeline(DiffusionPipeline):
 
         # 6. Colour fix against the restorer's input, as OSEDiff does
         hq01, lq01 = hq01.float().cpu(), lq01.cpu()
-        if color_fix is not None:
+        if options.color_fix is not None:
             reference = lq01
             if reference.shape[-2:] != hq01.shape[-2:]:
                 reference = torch.nn.functional.interpolate(reference, size=hq01.shape[-2:], mode="bicubic").clamp(
                     0, 1
                 )
-            hq01 = COLOR_FIXES[color_fix](hq01, reference)
+            hq01 = COLOR_FIXES[options.color_fix](hq01, reference)
         return {"hq": hq01, "lq": lq01, "prompts": prompts_per_round, "intermediates": intermediates}
 
     # ------------------------------------------------------------------ non-finite values

@@ -49,7 +49,6 @@ __all__ = [
     "RAMTagger",
     "RAM_INSTALL_HINT",
     "check_prompts",
-    "encode_text",
     "format_osediff_prompt",
 ]
 
@@ -142,16 +141,6 @@ def format_osediff_prompt(tags: Sequence[str], user_prompt: str = "", *, exact: 
         return f"{', '.join(clean)}, {user_prompt},"
     parts = clean + ([user_prompt] if user_prompt else [])
     return f"{', '.join(parts)}," if parts else ""
-
-
-def encode_text(tokenizer: Any, text_encoder: Any, prompts: Sequence[str], device: Any) -> torch.Tensor:
-    """CLIP last hidden states (B, 77, D) of ``prompts``, as SD and OSEDiff condition the UNet: padded
-    and truncated to the tokenizer's 77 tokens, no pooling, no classifier-free guidance batch."""
-    tokens = tokenizer(
-        list(prompts), padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-        return_tensors="pt",
-    )  # fmt: skip
-    return text_encoder(tokens.input_ids.to(device), return_dict=False)[0]
 
 
 def check_prompts(prompts: Any, n: int) -> list[str]:

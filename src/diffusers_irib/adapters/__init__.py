@@ -16,6 +16,7 @@ One job per module:
 * :mod:`.checkpointing` - gradient checkpointing that replays the forward-time adapters;
 * :mod:`.lifecycle` - add, delete, unload;
 * :mod:`.serialization` - save/load as diffusers LoRA files with a model card;
+* :mod:`.model_card` - that model card (``README.md``), from the packaged template;
 * :mod:`.conversion` - OSEDiff's ``osediff.pkl`` to a restorer set.
 """
 

@@ -36,6 +36,7 @@ from .config import (
 )
 from .conv_in import CONV_IN, CONV_IN_PATTERN, full_rank
 from .lifecycle import base_conv_in, install_adapter_set, lora_config
+from .model_card import adapter_set_model_card
 from .registry import named_tuner_layers, peft_config, records, require_role, unwrap_model
 from .targets import base_architecture, check_targets_exist, lora_capable_modules, select_modules
 
@@ -58,9 +59,12 @@ _PEFT_KEY = re.compile(r"(.+)\.lora_([AB])\.(weight|bias)")
 
 # LoraConfig options our sets never use; a file that sets them is not one of ours.
 _UNSUPPORTED_LORA_OPTIONS = {
-    "use_dora": False, "modules_to_save": None, "layers_to_transform": None, "fan_in_fan_out": False,
+    "use_dora": False,
+    "modules_to_save": None,
+    "layers_to_transform": None,
+    "fan_in_fan_out": False,
     "use_rslora": False,
-}  # fmt: skip
+}
 
 
 # --------------------------------------------------------------------------------------------
@@ -98,8 +102,6 @@ def write_adapter_set(
     model_card: bool = True,
 ) -> str:
     """Write the three files of a set folder from prefixed tensors and per-part LoraConfig dicts."""
-    from ..model_card import adapter_set_model_card
-
     save_directory = os.fspath(save_directory)
     flat = {f"{part}.{k}": v for part, cfg in metadata.items() for k, v in cfg.items()}
     header = {

@@ -137,6 +137,19 @@ class DegradationParams(_ParamsMixin):
     second: StageParams
     final: FinalParams
 
+    def unrealised_noise(self) -> list[str]:
+        """Where Poisson noise is drawn but not yet realised (``"first stage, sample 0"``, ...): such
+        params are no fixed operator until applied to the image they degrade (see the class docstring)."""
+        missing = []
+        for name, stage in (("first", self.first), ("second", self.second)):
+            fields = stage.poisson_noise or [None] * len(stage.use_gaussian_noise)
+            missing += [
+                f"{name} stage, sample {i}"
+                for i, gaussian in enumerate(stage.use_gaussian_noise)
+                if not gaussian and fields[i] is None
+            ]
+        return missing
+
     def sample_scale(self, i: int) -> int:
         """Sample ``i``'s final scale: drawn per sample with a ``scale_range``, else ``scale``."""
         return self.scale if self.final.scale is None else int(self.final.scale[i])

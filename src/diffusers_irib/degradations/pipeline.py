@@ -359,10 +359,30 @@ class RealESRGANDegradation:
         _keep_records(params, original)
         return torch.cat(outputs).to(images.dtype)
 
+    def realise(
+        self,
+        images: torch.Tensor,
+        params: DegradationParams | None = None,
+        generator: torch.Generator | None = None,
+        resize_back: bool = True,
+    ) -> tuple[torch.Tensor, DegradationParams]:
+        """Degrade ``images`` as :meth:`__call__` does and return them with the realised params.
+
+        The params (``params`` itself, or those drawn from ``generator``) then hold the Poisson noise
+        realised on ``images``: they are the fixed operator D(.; phi) that replays this degradation, as
+        the degrade-back of the LQ-reconstruction loss needs. Use this where the params outlive the call.
+        """
+        if params is None:
+            self._check_images(images)
+            b, _, h, w = images.shape
+            params = self.sample(b, h, w, generator=generator)
+        return self(images, params, resize_back=resize_back), params
+
 
 @dataclass
 class DegradedPair:
-    """One training triplet from an HQ batch: the LQ and ELQ degradations and their params."""
+    """One training triplet from an HQ batch: the LQ and ELQ degradations and their params, realised
+    on ``hq`` (:meth:`RealESRGANDegradation.realise`)."""
 
     hq: torch.Tensor
     lq: torch.Tensor
@@ -382,10 +402,7 @@ def degrade_pair(
     b, _, h, w = hq.shape
     lq_params = lq_degradation.sample(b, h, w, generator=generator, device=hq.device)
     elq_params = elq_degradation.sample(b, h, w, generator=generator, device=hq.device)
-    return DegradedPair(
-        hq=hq,
-        lq=lq_degradation(hq, lq_params),
-        elq=elq_degradation(hq, elq_params),
-        lq_params=lq_params,
-        elq_params=elq_params,
-    )
+    # realised on hq: the pair's params replay exactly these degradations (the degrade-back of the loss)
+    lq, lq_params = lq_degradation.realise(hq, lq_params)
+    elq, elq_params = elq_degradation.realise(hq, elq_params)
+    return DegradedPair(hq=hq, lq=lq, elq=elq, lq_params=lq_params, elq_params=elq_params)
