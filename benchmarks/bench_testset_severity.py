@@ -20,6 +20,8 @@
 from __future__ import annotations
 
 import argparse
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -30,7 +32,6 @@ import torch.nn.functional as F
 from PIL import Image
 from skimage import data
 
-from diffusers_irib.cli.make_testset import main as make_testset
 from diffusers_irib.evaluation.evaluate import main as evaluate
 from diffusers_irib.metrics import psnr, ssim
 from diffusers_irib.utils.image_files import load_image, pil_to_tensor
@@ -118,6 +119,12 @@ def evaluator_cost(root: Path, testset: Path) -> None:
     print(f"rerun, all images there   {resumed:8.2f} s (load, score, write tables)")
 
 
+def make_testset(photos: Path, output: Path, flags: str, preset: str | None = None) -> None:
+    """Build a test set with the irib-make-testset command, as a user would (no import of cli/)."""
+    command = [sys.executable, "-m", "diffusers_irib.cli.make_testset", str(photos), str(output), *flags.split()]
+    subprocess.run(command + (["--preset", preset] if preset else []), check=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=512)
@@ -132,14 +139,11 @@ def main() -> None:
         (root / "photos").mkdir()
         for name in PHOTOS:
             Image.fromarray(getattr(data, name)()).convert("RGB").save(root / "photos" / f"{name}.png")
-        make_testset([str(root / "photos"), str(root / "set"), "--also-lq", "--size", str(args.size),
-                      "--seed", str(args.seed), "--preset", args.preset])  # fmt: skip
+        make_testset(root / "photos", root / "set", f"--also-lq --size {args.size} --seed {args.seed}", args.preset)
         severity(root / "set", Path(args.preset).stem if args.preset.endswith(".json") else args.preset)
         if args.skip_evaluator:
             return
-        make_testset(
-            [str(root / "photos"), str(root / "small"), "--size", str(args.eval_size), "--seed", str(args.seed)]
-        )
+        make_testset(root / "photos", root / "small", f"--size {args.eval_size} --seed {args.seed}")
         evaluator_cost(root, root / "small")
 
 
