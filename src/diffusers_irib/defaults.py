@@ -6,5 +6,6 @@
 #: ablation is in Table 1: its last row per dataset, "OSDiff + Ours, ELQ -> LQ -> HQ, LFO x2", has the
 #: best DISTS, FID, MUSIQ and CLIPQA of the three LFO rows on both DIV2K (FID 62.9475, MUSIQ 70.6806)
 #: and DIV8K (FID 40.5523, MUSIQ 70.0020), while PSNR/SSIM move by less than 0.05 dB / 0.001.
-#: Each step costs one more projector pass.
+#: Each step costs one more projector pass, unless its prompts repeat the last round's (then it reuses
+#: that round's LQ proxy: a fixed prompt or no extractor costs one pass in all).
 DEFAULT_LFO_STEPS = 2
