@@ -90,7 +90,7 @@ def test_from_pretrained_of_a_hub_repo_brings_back_its_adapter_sets(pipe, tmp_pa
 
     monkeypatch.setattr(DiffusionPipeline, "from_pretrained", classmethod(fake_base))
     monkeypatch.setattr(pipeline_module, "snapshot_download", fake_snapshot)
-    monkeypatch.setattr(pipeline_module, "is_cached", lambda *args, **kwargs: True)  # the fake Hub's repos
+    monkeypatch.setattr("diffusers_irib.hub_utils.is_cached", lambda *args, **kwargs: True)  # the fake Hub's repos
     monkeypatch.setattr("huggingface_hub.hf_hub_download", fake_file)
 
     loaded = IRIBRestorationPipeline.from_pretrained("org/irib-sd21", revision="v1", cache_dir=str(tmp_path / "c"))

@@ -150,7 +150,6 @@ def test_an_unreachable_hub_costs_one_attempt_not_one_per_model(monkeypatch):
     monkeypatch.setattr(hub_utils, "is_cached", lambda repo_id, filename, **k: cache.append(repo_id) and False)
     monkeypatch.setattr(hub_utils, "_PROBED", {})
     monkeypatch.setattr(huggingface_hub.constants, "is_offline_mode", lambda: False)
-    monkeypatch.setattr(models, "_UNREACHABLE", [])
     specs = [models.ModelSpec(role, f"someone/{role}") for role in ("base", "projector", "restorer")]
     message = models.missing_models_message(specs)
     assert len(probes) == 1 and not downloads and "HF_HUB_OFFLINE=1" in message  # one short probe, no retries

@@ -23,18 +23,7 @@ import pytest
 from conftest import make_tiny_pipeline
 from PIL import Image
 from skimage import data
-
-ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "examples" / "train_irib_lora.py"
-
-
-def load_script():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("train_irib_lora", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from training_script import SCRIPT, load_script
 
 
 @pytest.fixture(scope="module")

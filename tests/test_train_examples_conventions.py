@@ -19,11 +19,10 @@ import torch
 from conftest import make_tiny_pipeline
 from PIL import Image
 from skimage import data
+from training_script import SCRIPT, load_script
 
 from diffusers_irib.training_data import random_crop
 
-ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "examples" / "train_irib_lora.py"
 BIN = Path(sys.executable).parent
 
 # diffusers' train_text_to_image_lora.py / train_dreambooth_lora.py defaults.
@@ -38,15 +37,6 @@ EXAMPLES_DEFAULTS = {
     "center_crop": False,
     "num_validation_images": 4,
 }
-
-
-def load_script():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("train_irib_lora_conventions", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")

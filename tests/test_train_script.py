@@ -9,7 +9,6 @@ end with one digest.
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
 import os
@@ -27,20 +26,12 @@ from lora_reference import randomize
 from PIL import Image
 from safetensors.torch import load_file
 from skimage import data
+from training_script import SCRIPT, load_script
 
 from diffusers_irib import IRIBRestorationPipeline
 from diffusers_irib.utils.image_files import center_crop_resize, load_image
 
-ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "examples" / "train_irib_lora.py"
 BIN = Path(sys.executable).parent
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("train_irib_lora", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def png_bytes(array: np.ndarray) -> bytes:

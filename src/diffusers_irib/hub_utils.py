@@ -16,6 +16,7 @@ from typing import Optional
 __all__ = [
     "PROBE_TIMEOUT_S",
     "hub_model_id",
+    "hub_found_unreachable",
     "hub_reachable",
     "is_cached",
     "is_missing_local_path",
@@ -88,6 +89,13 @@ def hub_reachable(timeout: float = PROBE_TIMEOUT_S) -> bool:
         except Exception:  # refused, unresolvable, timed out, proxy failure: all mean "not now"
             _PROBED[endpoint] = False
     return _PROBED[endpoint]
+
+
+def hub_found_unreachable() -> bool:
+    """Whether this process already probed the Hub endpoint and found it unreachable (probes nothing)."""
+    from huggingface_hub import constants
+
+    return _PROBED.get(constants.ENDPOINT) is False
 
 
 def is_cached(repo_id: str, filename: str, **hub_kwargs) -> bool:

@@ -26,14 +26,13 @@ import torch
 from diffusers import AutoencoderKL, DiffusionPipeline, UNet2DConditionModel
 from diffusers.utils import BaseOutput
 from huggingface_hub import snapshot_download
-from huggingface_hub.constants import is_offline_mode
 from huggingface_hub.errors import LocalEntryNotFoundError
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from . import adapters, irib
 from .defaults import DEFAULT_LFO_STEPS
 from .file_utils import recover_interrupted_save, staged_folder
-from .hub_utils import hub_reachable, is_cached, is_missing_local_path, missing_locally, unreachable_hub_message
+from .hub_utils import is_missing_local_path, offline_kwargs, source_problem
 from .image_processing import (
     COLOR_FIXES,
     OUTPUT_TYPES,
@@ -175,16 +174,12 @@ def _fast_hub_kwargs(name: str, hub_kwargs: dict, probe_file: str, what: str, er
     here; adapter sets leave that to :func:`adapters.load_adapter_set`, which says the same."""
     if os.path.exists(name) or hub_kwargs.get("local_files_only"):
         return hub_kwargs
-    if is_missing_local_path(name):
-        if error is OSError:
-            raise error(f"{what} {name!r} does not exist ({missing_locally(name)})")
+    if error is not OSError and is_missing_local_path(name):
         return hub_kwargs
-    offline = is_offline_mode()
-    if not offline and hub_reachable():
-        return hub_kwargs
-    if not is_cached(name, probe_file, **hub_kwargs):
-        raise error(unreachable_hub_message(name, what))
-    return hub_kwargs if offline else {**hub_kwargs, "local_files_only": True}
+    problem = source_problem(name, probe_file, what, **hub_kwargs)
+    if problem is not None:
+        raise error(problem)
+    return {**hub_kwargs, **offline_kwargs()}  # the Hub does not answer: the cache, at once
 
 
 def _saved_adapter_sets(pretrained_model_name_or_path: str, hub_kwargs: dict) -> dict[str, str]:
@@ -192,8 +187,8 @@ def _saved_adapter_sets(pretrained_model_name_or_path: str, hub_kwargs: dict) ->
     a pipeline, from a local folder or (only those files) from a Hub repo."""
     root = pretrained_model_name_or_path
     if not os.path.isdir(root):
-        if not hub_kwargs.get("local_files_only") and not is_offline_mode() and not hub_reachable():
-            hub_kwargs = {**hub_kwargs, "local_files_only": True}
+        if not hub_kwargs.get("local_files_only"):
+            hub_kwargs = {**hub_kwargs, **offline_kwargs()}
         try:
             root = snapshot_download(root, allow_patterns=[f"{ADAPTER_SETS_DIR}/*"], **hub_kwargs)
         except LocalEntryNotFoundError:  # offline, and the repo's adapter_sets/ were never downloaded

@@ -45,10 +45,6 @@ class ModelSpec:
         return "model_index.json" if self.role == "base" else LORA_WEIGHT_NAME
 
 
-#: Set after the Hub was found unreachable: one unreachable Hub costs one short probe, not one wait per model.
-_UNREACHABLE: list[bool] = []
-
-
 def hub_offline() -> bool:
     """huggingface_hub's own offline switch (``HF_HUB_OFFLINE``): then nothing is fetched."""
     from huggingface_hub.constants import is_offline_mode
@@ -71,10 +67,7 @@ def is_available(spec: ModelSpec) -> bool:
         return False  # a path that is not there, or not a valid repo id
     if is_cached(spec.name_or_path, spec.probe_file):
         return True
-    if hub_offline() or _UNREACHABLE:
-        return False
-    if not hub_reachable():
-        _UNREACHABLE.append(True)
+    if hub_offline() or not hub_reachable():  # hub_reachable probes once per process
         return False
     try:
         from huggingface_hub import hf_hub_download
@@ -106,6 +99,8 @@ def missing_models_message(specs: list[ModelSpec], tiny_command: str = "irib-dem
             + HOW_TO_GET[spec.role].format(id=default)
         )
     lines.append(f"To see the whole pipeline run without any weights, use `{tiny_command}`.")
-    if _UNREACHABLE:
+    from ..hub_utils import hub_found_unreachable
+
+    if hub_found_unreachable():
         lines.append("The Hub could not be reached; on a machine without network set HF_HUB_OFFLINE=1 to skip it.")
     return "\n".join(lines)
